@@ -1,0 +1,197 @@
+"""The planar groups C_N (rotations) and D_N (rotations and reflections).
+
+Conventions (used everywhere in gconv_ext, in Python and in the C++/CUDA kernels):
+
+* The plane has coordinates ``(x, y)`` with ``x`` pointing right (increasing column) and ``y``
+  pointing *up* (decreasing row), origin at the centre of the image or filter.
+* ``R_r`` is the counter-clockwise rotation by ``2*pi*r/N``. For a square image ``t``,
+  ``R_1`` of C4 acts as ``torch.rot90(t, 1, dims=(-2, -1))``.
+* ``F`` is the reflection ``(x, y) -> (-x, y)`` across the vertical axis; on an image it is
+  ``torch.flip(t, dims=(-1,))``.
+* Elements of C_N are indexed ``r = 0..N-1`` (``R_r``). Elements of D_N are indexed
+  ``m*N + r`` for ``m in {0, 1}``, ``r = 0..N-1``, and mean ``R_r F^m`` (first reflect, then
+  rotate). Element 0 is always the identity.
+* Composition: ``(m1, r1)(m2, r2) = (m1 xor m2, r1 + (-1)**m1 * r2 mod N)``.
+* A group element ``g`` acts on a function ``f`` on the plane by ``(g f)(p) = f(g^-1 p)``; on a
+  feature map with a group axis, ``(g f)(h, p) = f(g^-1 h, g^-1 p)``, which moves slice ``h`` of the
+  group axis to slice ``g h``: the regular representation.
+"""
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import torch
+
+__all__ = ["Group", "CyclicGroup", "DihedralGroup", "group_from_name"]
+
+
+class Group:
+    """C_N (``reflections=False``) or D_N (``reflections=True``) for ``N >= 1``.
+
+    Instances are immutable and hashable; ``Group(4) == CyclicGroup(4)``.
+    """
+
+    def __init__(self, rotations: int, reflections: bool = False) -> None:
+        if isinstance(rotations, bool) or not isinstance(rotations, int) or rotations < 1:
+            raise ValueError(f"rotations must be an int >= 1, got {rotations!r}")
+        if not isinstance(reflections, bool):
+            raise ValueError(f"reflections must be a bool, got {reflections!r}")
+        self._n = rotations
+        self._reflections = reflections
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def rotations(self) -> int:
+        """N: the number of rotations."""
+        return self._n
+
+    @property
+    def reflections(self) -> bool:
+        """True for D_N."""
+        return self._reflections
+
+    @property
+    def order(self) -> int:
+        """|G|: N for C_N, 2N for D_N."""
+        return self._n * (2 if self._reflections else 1)
+
+    def __len__(self) -> int:
+        return self.order
+
+    @property
+    def name(self) -> str:
+        return f"{'D' if self._reflections else 'C'}{self._n}"
+
+    def __repr__(self) -> str:
+        return f"Group({self.name})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Group) and (self._n, self._reflections) == (other._n, other._reflections)
+
+    def __hash__(self) -> int:
+        return hash((self._n, self._reflections))
+
+    def __reduce__(self):
+        return (Group, (self._n, self._reflections))
+
+    # -- elements ---------------------------------------------------------------------------
+    def _check(self, g: int) -> int:
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < self.order:
+            raise ValueError(f"group element must be an int in [0, {self.order}) for {self.name}, got {g!r}")
+        return g
+
+    def element(self, g: int) -> tuple[int, int]:
+        """``(m, r)``: element ``g`` is ``R_r F^m``."""
+        self._check(g)
+        return divmod(g, self._n)
+
+    def index(self, reflection: int, rotation: int) -> int:
+        """The index of ``R_rotation F^reflection``."""
+        if reflection not in (0, 1) or (reflection == 1 and not self._reflections):
+            raise ValueError(f"reflection must be 0{' or 1' if self._reflections else ''} for {self.name}, got {reflection!r}")
+        return reflection * self._n + rotation % self._n
+
+    def compose(self, g: int, h: int) -> int:
+        """The product ``g h`` (apply ``h`` first)."""
+        m1, r1 = self.element(g)
+        m2, r2 = self.element(h)
+        return self.index(m1 ^ m2, r1 + (-r2 if m1 else r2))
+
+    def inverse(self, g: int) -> int:
+        m, r = self.element(g)
+        return self.index(m, r if m else -r)
+
+    def angle(self, g: int) -> float:
+        """The rotation angle of element ``g`` in radians (counter-clockwise)."""
+        return 2.0 * math.pi * self.element(g)[1] / self._n
+
+    def is_reflection(self, g: int) -> bool:
+        return self.element(g)[0] == 1
+
+    @cached_property
+    def cayley_table(self) -> torch.Tensor:
+        """``table[g, h] = g h`` as an int64 tensor ``[|G|, |G|]``."""
+        n = self.order
+        return torch.tensor([[self.compose(g, h) for h in range(n)] for g in range(n)], dtype=torch.int64)
+
+    @cached_property
+    def inverses(self) -> torch.Tensor:
+        """``inverses[g] = g^-1`` (int64 ``[|G|]``)."""
+        return torch.tensor([self.inverse(g) for g in range(self.order)], dtype=torch.int64)
+
+    def matrix(self, g: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The 2x2 matrix of ``g`` acting on ``(x, y)`` (x right, y up)."""
+        m, r = self.element(g)
+        c, s = _cos_sin(r, self._n)
+        rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        ref = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64) if m else torch.eye(2, dtype=torch.float64)
+        return (rot @ ref).to(dtype)
+
+    def regular_permutation(self, g: int) -> torch.Tensor:
+        """``perm`` with ``(g f)[..., perm, :, :] == f`` on the group axis, i.e. ``perm[h] = g h``.
+
+        Equivalently the action on a feature map is ``out[:, :, g h] = f[:, :, h]``, or
+        ``out = f[:, :, self.cayley_table[self.inverse(g)]]``.
+        """
+        self._check(g)
+        return self.cayley_table[g].clone()
+
+    def act_on_group_axis(self, g: int, x: torch.Tensor, dim: int = 2) -> torch.Tensor:
+        """``out[..., h, ...] = x[..., g^-1 h, ...]`` along ``dim`` (the regular representation)."""
+        if x.shape[dim] != self.order:
+            raise ValueError(f"x.shape[{dim}] must be |G| = {self.order} for {self.name}, got {x.shape[dim]}")
+        src = self.cayley_table[self.inverse(g)].to(x.device)
+        return x.index_select(dim, src)
+
+    def act_on_plane(self, g: int, x: torch.Tensor) -> torch.Tensor:
+        """Transform the last two (square, spatial) dims of ``x`` by ``g``: ``out(p) = x(g^-1 p)``.
+
+        Exact (a permutation of pixels) when the rotation angle is a multiple of 90 degrees;
+        otherwise bilinear interpolation about the centre with zero fill.
+        """
+        m, r = self.element(g)
+        if m:
+            x = torch.flip(x, dims=(-1,))
+        if (4 * r) % self._n == 0:
+            return torch.rot90(x, 4 * r // self._n, dims=(-2, -1))
+        from .ops.reference import rotate_bilinear  # local import: ops depends on groups
+
+        return rotate_bilinear(x, self.angle(self.index(0, r)))
+
+    def act(self, g: int, x: torch.Tensor, group_dim: int | None = 2) -> torch.Tensor:
+        """The action on a feature map ``[..., |G|, H, W]`` (plane and group axis), or on an image
+        ``[..., H, W]`` when ``group_dim`` is None."""
+        y = self.act_on_plane(g, x)
+        return y if group_dim is None else self.act_on_group_axis(g, y, group_dim)
+
+
+def _cos_sin(r: int, n: int) -> tuple[float, float]:
+    """cos and sin of 2*pi*r/n, exact at multiples of 90 degrees."""
+    r %= n
+    if (4 * r) % n == 0:
+        return [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][4 * r // n]
+    t = 2.0 * math.pi * r / n
+    return math.cos(t), math.sin(t)
+
+
+def CyclicGroup(n: int) -> Group:
+    """C_N: the N rotations by multiples of 2*pi/N."""
+    return Group(n, False)
+
+
+def DihedralGroup(n: int) -> Group:
+    """D_N: the N rotations and N reflections (order 2N)."""
+    return Group(n, True)
+
+
+def group_from_name(name: str | Group) -> Group:
+    """``'C4'``, ``'d8'``, ... -> Group. A Group is returned as is."""
+    if isinstance(name, Group):
+        return name
+    if not isinstance(name, str) or len(name) < 2 or name[0].upper() not in "CD" or not name[1:].isdigit():
+        raise ValueError(f"group must be a Group or a name like 'C4' or 'D8', got {name!r}")
+    n = int(name[1:])
+    if n < 1:
+        raise ValueError(f"group {name!r}: N must be >= 1")
+    return Group(n, name[0].upper() == "D")

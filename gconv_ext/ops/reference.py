@@ -1,0 +1,157 @@
+"""Readable pure-PyTorch reference implementations.
+
+These are the test oracle for the C++/CUDA kernels, the fallback when the compiled extension is
+not available, and a benchmark baseline. They are written for clarity, not speed.
+
+Filter-transform semantics (see :mod:`gconv_ext.groups` for the group conventions):
+
+* A ``k x k`` filter has taps at plane coordinates ``p = (j - c, c - i)`` for row ``i``, column ``j``,
+  ``c = (k - 1) / 2`` (x right, y up, origin at the filter centre).
+* The filter transformed by ``g`` is ``W_g(p) = W(g^-1 p)``, sampled by bilinear interpolation of the
+  taps, zero outside the filter. Source positions within 1e-9 of a tap snap to it, so rotations by
+  multiples of 90 degrees and reflections are exact permutations of the taps.
+* ``disk_mask=True`` keeps only taps whose centre lies within the disk of radius ``k / 2`` (the disk
+  inscribed in the filter's square support), both as sources and as outputs.
+* Lifting: ``[C_out, C_in, k, k] -> [C_out, |G|, C_in, k, k]``, slice ``g`` is ``W_g``.
+* Group: ``[C_out, C_in, |G|, k, k] -> [C_out, |G|, C_in, |G|, k, k]`` with
+  ``out[:, g, :, h] = (W[:, :, g^-1 h])_g``: the spatial transform by ``g`` and the regular
+  representation on the input group axis (integer indexing through the Cayley table).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..groups import Group
+
+__all__ = [
+    "transform_matrix",
+    "disk_mask",
+    "lift_filter",
+    "group_filter",
+    "rotate_bilinear",
+    "lift_filter_grid_sample",
+    "group_filter_grid_sample",
+]
+
+_SNAP = 1e-9
+
+
+def disk_mask(k: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``[k, k]`` mask of the taps whose centre lies within radius ``k/2`` of the filter centre."""
+    c = (k - 1) / 2.0
+    ii, jj = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64), indexing="ij")
+    return (((ii - c) ** 2 + (jj - c) ** 2) <= (k / 2.0) ** 2 + _SNAP).to(dtype)
+
+
+def transform_matrix(group: Group, k: int, disk: bool = False) -> torch.Tensor:
+    """The filter transform as a dense float64 matrix ``M[g, out_tap, in_tap]`` (taps row-major).
+
+    ``W_g.flatten() = M[g] @ W.flatten()``.
+    """
+    return _transform_matrix(group, k, disk).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _transform_matrix(group: Group, k: int, disk: bool) -> torch.Tensor:
+    if k < 1:
+        raise ValueError(f"kernel size must be >= 1, got {k}")
+    c = (k - 1) / 2.0
+    keep = disk_mask(k).flatten() > 0 if disk else torch.ones(k * k, dtype=torch.bool)
+    mats = torch.zeros(group.order, k * k, k * k, dtype=torch.float64)
+    for g in range(group.order):
+        inv = group.matrix(group.inverse(g))  # maps output position p to source position g^-1 p
+        for i in range(k):
+            for j in range(k):
+                o = i * k + j
+                if not keep[o]:
+                    continue
+                x, y = j - c, c - i
+                sx = inv[0, 0].item() * x + inv[0, 1].item() * y
+                sy = inv[1, 0].item() * x + inv[1, 1].item() * y
+                col, row = c + sx, c - sy
+                col = round(col) if abs(col - round(col)) < _SNAP else col
+                row = round(row) if abs(row - round(row)) < _SNAP else row
+                r0, c0 = math.floor(row), math.floor(col)
+                fr, fc = row - r0, col - c0
+                for rr, cc, w in ((r0, c0, (1 - fr) * (1 - fc)), (r0, c0 + 1, (1 - fr) * fc),
+                                  (r0 + 1, c0, fr * (1 - fc)), (r0 + 1, c0 + 1, fr * fc)):
+                    if w != 0.0 and 0 <= rr < k and 0 <= cc < k and keep[rr * k + cc]:
+                        mats[g, o, rr * k + cc] += w
+    return mats
+
+
+def lift_filter(weight: torch.Tensor, group: Group, disk: bool = False) -> torch.Tensor:
+    """Reference lifting filter transform ``[C_out, C_in, k, k] -> [C_out, |G|, C_in, k, k]``."""
+    co, ci, k, _ = weight.shape
+    m = _transform_matrix(group, k, disk).to(weight)
+    out = torch.einsum("gop,cdp->cgdo", m, weight.reshape(co, ci, k * k))
+    return out.reshape(co, group.order, ci, k, k)
+
+
+def group_filter(weight: torch.Tensor, group: Group, disk: bool = False) -> torch.Tensor:
+    """Reference group filter transform ``[C_out, C_in, |G|, k, k] -> [C_out, |G|, C_in, |G|, k, k]``."""
+    co, ci, n, k, _ = weight.shape
+    m = _transform_matrix(group, k, disk).to(weight)
+    w = weight.reshape(co, ci, n, k * k)
+    # src[g, h] = g^-1 h: the input group slice that feeds output slice (g, h)
+    src = group.cayley_table[group.inverses]  # [g, h] -> (g^-1) h
+    permuted = w[:, :, src]  # [C_out, C_in, g, h, k*k]
+    out = torch.einsum("gop,cdghp->cgdho", m, permuted)
+    return out.reshape(co, n, ci, n, k, k)
+
+
+def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate the last two (square) dims counter-clockwise by ``angle`` radians about the centre:
+    ``out(p) = x(R^-1 p)``, bilinear, zero fill; the same sampling as the filter transform."""
+    h, w = x.shape[-2:]
+    if h != w:
+        raise ValueError(f"rotate_bilinear needs square spatial dims, got {h}x{w}")
+    if h == 1:
+        return x.clone()
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, h, w)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # grid coordinates are (x right, y down): conjugating R^-1 by the y-flip gives R itself
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=flat.dtype, device=flat.device)
+    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=True)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(*lead, h, w)
+
+
+# -- the study's way (benchmark baselines only) ------------------------------------------------
+
+def _study_grids(group: Group, k: int, dtype, device) -> torch.Tensor:
+    thetas = []
+    for g in range(group.order):
+        m = group.matrix(g)
+        flip = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+        a = flip @ m.inverse() @ flip  # source position in grid (x right, y down) coordinates
+        thetas.append(torch.cat([a, torch.zeros(2, 1, dtype=torch.float64)], dim=1))
+    theta = torch.stack(thetas).to(dtype=dtype, device=device)
+    return F.affine_grid(theta, [group.order, 1, k, k], align_corners=True)
+
+
+def lift_filter_grid_sample(weight: torch.Tensor, group: Group) -> torch.Tensor:
+    """The study's lifting transform: ``affine_grid`` + ``grid_sample`` rebuilt on every call."""
+    co, ci, k, _ = weight.shape
+    grid = _study_grids(group, k, weight.dtype, weight.device)
+    x = weight.reshape(1, co * ci, k, k).expand(group.order, -1, -1, -1)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(group.order, co, ci, k, k).transpose(0, 1)
+
+
+def group_filter_grid_sample(weight: torch.Tensor, group: Group) -> torch.Tensor:
+    """The study's group transform: spatial ``grid_sample`` per element on every call, then the
+    group-axis shift (done with integer indexing here: the study's float version has a bug)."""
+    co, ci, n, k, _ = weight.shape
+    grid = _study_grids(group, k, weight.dtype, weight.device)
+    src = group.cayley_table[group.inverses].to(weight.device)
+    outs = []
+    for g in range(n):
+        w = weight[:, :, src[g]].reshape(1, co * ci * n, k, k)
+        outs.append(F.grid_sample(w, grid[g:g + 1], mode="bilinear", padding_mode="zeros", align_corners=True))
+    return torch.stack(outs, 0).reshape(n, co, ci, n, k, k).transpose(0, 1)
