@@ -1,5 +1,7 @@
-"""Functional API: filter transforms (custom C++/CUDA operators) and their pure-PyTorch references."""
+"""Functional API: filter transforms (custom C++/CUDA operators), group convolutions and pooling, and
+their pure-PyTorch references."""
 from . import reference
+from .conv import group_conv2d, group_pool, lifting_conv2d
 from .filter_transform import group_filter, lift_filter
 
-__all__ = ["lift_filter", "group_filter", "reference"]
+__all__ = ["lift_filter", "group_filter", "lifting_conv2d", "group_conv2d", "group_pool", "reference"]

@@ -1,0 +1,63 @@
+"""Forward+backward time of the filter transforms against the pure-PyTorch reference and the
+study-style grid_sample baseline, measured in the same run (C_out = C_in = 32, k = 5 by default).
+
+    python benchmarks/bench_filter_transform.py [--threads 2] [--device cpu] [--channels 32] [--k 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fmt_ms, print_table, timeit  # noqa: E402
+
+import gconv_ext  # noqa: E402
+from gconv_ext.groups import Group  # noqa: E402
+from gconv_ext.ops import reference  # noqa: E402
+
+
+def fwd_bwd(fn, weight):
+    def run():
+        w = weight.detach().requires_grad_()
+        out = fn(w)
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--orders", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--repeat", type=int, default=15)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    info = gconv_ext.build_info()
+    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, compiled={info['compiled']}")
+    c, k, dev = args.channels, args.k, torch.device(args.device)
+    rows = []
+    for n in args.orders:
+        g = Group(n)
+        for kind in ("lift", "group"):
+            if kind == "lift":
+                w = torch.randn(c, c, k, k, device=dev)
+                ours, ref, study = gconv_ext.lift_filter, reference.lift_filter, reference.lift_filter_grid_sample
+            else:
+                w = torch.randn(c, c, n, k, k, device=dev)
+                ours, ref, study = gconv_ext.group_filter, reference.group_filter, reference.group_filter_grid_sample
+            t_ours = timeit(fwd_bwd(lambda t: ours(t, g), w), repeat=args.repeat)
+            t_ref = timeit(fwd_bwd(lambda t: ref(t, g), w), repeat=args.repeat)
+            t_study = timeit(fwd_bwd(lambda t: study(t, g), w), repeat=args.repeat)
+            rows.append([f"C{n}", kind, fmt_ms(t_ours), fmt_ms(t_ref), fmt_ms(t_study),
+                         f"{t_ref / t_ours:6.1f}x", f"{t_study / t_ours:6.1f}x"])
+    print_table(["group", "transform", "ours ms", "reference ms", "grid_sample ms", "vs reference", "vs grid_sample"],
+                rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Timing helpers for the benchmark scripts: median of repeated runs after warm-up."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def timeit(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 15, min_time: float = 0.0) -> float:
+    """Median seconds per call of ``fn`` (CUDA-synchronised when a GPU is in use)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start_all < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.3f}"
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A markdown table."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
