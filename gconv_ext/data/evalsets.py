@@ -117,7 +117,7 @@ def fixed_angle_test_sets(
     it before the next iteration. Multiples of 90 degrees are exact (rot90).
     """
     _check_pair(images_uint8, labels)
-    labels64 = labels.to(torch.int64)
+    labels64 = labels.to(torch.int64).clone()  # shared by all angles, independent of the caller's
     for angle in angles:
         a = float(angle)
         per_image = torch.full((images_uint8.shape[0],), a, dtype=torch.float64)
