@@ -139,6 +139,7 @@ def test_atomic_writes(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "f.bin"
     atomic_write_bytes(target, b"hello")
     assert target.read_bytes() == b"hello"
+    assert target.stat().st_mode & 0o777 == 0o644
     atomic_torch_save({"x": torch.arange(3)}, tmp_path / "t.pt")
     assert torch.equal(torch.load(tmp_path / "t.pt", weights_only=True)["x"], torch.arange(3))
     with pytest.raises((pickle.PicklingError, AttributeError)):

@@ -195,6 +195,7 @@ def _atomic_write(path: Path, writer: Any) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600 files; a cache should be readable by others
         os.replace(tmp_name, path)
     except BaseException:
         try:
