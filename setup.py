@@ -16,6 +16,10 @@ import sys
 
 from setuptools import find_packages, setup
 
+# The `nvcc` on PATH may be a wrapper script outside the toolkit; prefer the toolkit itself when present.
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 try:
     import torch
     from torch.utils import cpp_extension
@@ -24,6 +28,9 @@ except ImportError:  # pragma: no cover - a build-time message, not library code
              "then `pip install --no-build-isolation -e .`")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Tools installed beside this interpreter (ninja from requirements.txt) are found even when the venv
+# is not activated.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 DEFAULT_ARCHS = "7.5;8.0;9.0+PTX"
 
 

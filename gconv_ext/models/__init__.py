@@ -1,0 +1,19 @@
+"""Models: the plain CNN baseline and the spatial transformer network (STN) of the study."""
+from gconv_ext.models.cnn import CNN, GCNN_C4_4_16_PARAMS, cnn_for_params, cnn_parameter_count
+from gconv_ext.models.common import count_parameters, layer_norm_chw
+from gconv_ext.models.stn import STN, LocalizationNet, affine_warp, rotation_theta, stn_for_params, stn_parameter_count
+
+__all__ = [
+    "CNN",
+    "GCNN_C4_4_16_PARAMS",
+    "cnn_for_params",
+    "cnn_parameter_count",
+    "count_parameters",
+    "layer_norm_chw",
+    "STN",
+    "LocalizationNet",
+    "affine_warp",
+    "rotation_theta",
+    "stn_for_params",
+    "stn_parameter_count",
+]
