@@ -1,54 +1,145 @@
-// CPU loops over the shared per-element filter-transform arithmetic.
+// CPU loops over the shared filter-transform arithmetic (filter_transform.h).
+//
+// The sums are evaluated for W filters at once: a block of W input channels is gathered into a
+// lane-minor tile (tap-major, channel-minor), the shared templates run on Lanes<acc_t, W> values
+// (which the compiler turns into SIMD), and the results are scattered back to the logical layout.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+
+#include <vector>
 
 #include "gconv_ext/filter_transform.h"
 #include "gconv_ext/ops.h"
 
 namespace gconv_ext {
+namespace {
 
-void transform_forward_cpu(const at::Tensor& in, at::Tensor& out, const DevicePlan& plan, const TransformSizes& s) {
-  const PlanView p = plan.view();
-  const int64_t kk = p.kk, gin = s.gin, c_in = s.c_in;
-  const int64_t slices = s.c_out * p.order * c_in;  // one (co, g, ci) block = gin * kk outputs
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_transform_forward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* src = in.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, slices, std::max<int64_t>(1, 16384 / (gin * kk)), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t ci = b % c_in, g = (b / c_in) % p.order, co = b / (c_in * p.order);
-        scalar_t* o_ptr = dst + b * gin * kk;
+template <typename T, int W>
+struct Lanes {
+  T v[W];
+  Lanes() = default;
+  explicit Lanes(T s) {
+    for (int i = 0; i < W; ++i) v[i] = s;
+  }
+  friend Lanes operator+(const Lanes& a, const Lanes& b) {
+    Lanes r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] + b.v[i];
+    return r;
+  }
+  friend Lanes operator*(const Lanes& a, const Lanes& b) {
+    Lanes r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+  }
+};
+
+template <typename T, int W>
+struct TileTaps {  // tap t of one slice in a lane-minor tile
+  const T* base;
+  Lanes<T, W> operator()(int64_t t) const {
+    Lanes<T, W> r;
+    for (int i = 0; i < W; ++i) r.v[i] = base[t * W + i];
+    return r;
+  }
+};
+
+template <typename T, int W>
+struct TileGrouped {  // (g, h, o) of a lane-minor grad_out tile
+  const T* base;
+  int64_t gin, kk;
+  Lanes<T, W> operator()(int64_t g, int64_t h, int64_t o) const {
+    const T* p = base + ((g * gin + h) * kk + o) * W;
+    Lanes<T, W> r;
+    for (int i = 0; i < W; ++i) r.v[i] = p[i];
+    return r;
+  }
+};
+
+template <typename acc_t>
+constexpr int lanes_for() {
+  return sizeof(acc_t) == 4 ? 16 : 8;
+}
+
+template <typename scalar_t>
+void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t c_out, int64_t c_in, int64_t gin) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int W = lanes_for<acc_t>();
+  const int64_t kk = p.kk, slab = gin * kk;  // one filter: gin * kk taps
+  const int64_t cblocks = (c_in + W - 1) / W;
+  at::parallel_for(0, c_out * cblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tin(slab * W), tout(slab * W);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t co = b / cblocks, ci0 = (b % cblocks) * W, nl = std::min<int64_t>(W, c_in - ci0);
+      for (int64_t l = 0; l < W; ++l) {  // gather: tin[(a, t), l] = in[co, ci0 + l, a, t]
+        const scalar_t* src = in + (co * c_in + ci0 + l) * slab;
+        for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
+      }
+      for (int64_t g = 0; g < p.order; ++g) {
         for (int64_t h = 0; h < gin; ++h) {
-          const scalar_t* s_ptr = src + ((co * c_in + ci) * gin + transform_source_slice(p, g, h, gin)) * kk;
-          for (int64_t o = 0; o < kk; ++o) o_ptr[h * kk + o] = transform_forward_tap<acc_t>(p, g, o, s_ptr);
+          const TileTaps<acc_t, W> src{tin.data() + transform_source_slice(p, g, h, gin) * kk * W};
+          for (int64_t o = 0; o < kk; ++o) {
+            const Lanes<acc_t, W> r = transform_forward_tap<Lanes<acc_t, W>, acc_t>(p, g, o, src);
+            for (int i = 0; i < W; ++i) tout[(h * kk + o) * W + i] = r.v[i];
+          }
+        }
+        for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci0 + l, h, o] = tout[(h, o), l]
+          scalar_t* dst = out + ((co * p.order + g) * c_in + ci0 + l) * slab;
+          for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
         }
       }
-    });
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, int64_t c_out, int64_t c_in,
+                   int64_t gin) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int W = lanes_for<acc_t>();
+  const int64_t kk = p.kk, slab = gin * kk;
+  const int64_t cblocks = (c_in + W - 1) / W;
+  at::parallel_for(0, c_out * cblocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tg(p.order * slab * W), tout(slab * W);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t co = b / cblocks, ci0 = (b % cblocks) * W, nl = std::min<int64_t>(W, c_in - ci0);
+      for (int64_t g = 0; g < p.order; ++g) {  // gather: tg[(g, h, o), l] = grad_out[co, g, ci0 + l, h, o]
+        for (int64_t l = 0; l < W; ++l) {
+          const scalar_t* src = gout + ((co * p.order + g) * c_in + ci0 + l) * slab;
+          acc_t* dst = tg.data() + g * slab * W + l;
+          for (int64_t i = 0; i < slab; ++i) dst[i * W] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
+        }
+      }
+      const TileGrouped<acc_t, W> grouped{tg.data(), gin, kk};
+      for (int64_t a = 0; a < gin; ++a) {
+        for (int64_t t = 0; t < kk; ++t) {
+          const Lanes<acc_t, W> r = transform_backward_tap<Lanes<acc_t, W>, acc_t>(p, a, t, gin, grouped);
+          for (int i = 0; i < W; ++i) tout[(a * kk + t) * W + i] = r.v[i];
+        }
+      }
+      for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[co, ci0 + l, a, t]
+        scalar_t* dst = gin_ptr + (co * c_in + ci0 + l) * slab;
+        for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void transform_forward_cpu(const at::Tensor& in, at::Tensor& out, const DevicePlan& plan, const TransformSizes& s) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_transform_forward_cpu", [&] {
+    forward_impl<scalar_t>(plan.view(), in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), s.c_out,
+                           s.c_in, s.gin);
   });
 }
 
 void transform_backward_cpu(const at::Tensor& grad_out, at::Tensor& grad_in, const DevicePlan& plan,
                             const TransformSizes& s) {
-  const PlanView p = plan.view();
-  const int64_t kk = p.kk, gin = s.gin, c_in = s.c_in;
-  const int64_t slices = s.c_out * c_in;  // one (co, ci) block = gin * kk outputs
-  const int64_t stride_g = c_in * gin * kk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gconv_ext_transform_backward_cpu",
                                   [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* gout = grad_out.const_data_ptr<scalar_t>();
-    scalar_t* gin_ptr = grad_in.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, slices, std::max<int64_t>(1, 16384 / (gin * kk * p.order)), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t ci = b % c_in, co = b / c_in;
-        const scalar_t* base = gout + (co * p.order * c_in + ci) * gin * kk;
-        scalar_t* o_ptr = gin_ptr + b * gin * kk;
-        for (int64_t a = 0; a < gin; ++a)
-          for (int64_t t = 0; t < kk; ++t) o_ptr[a * kk + t] = transform_backward_tap<acc_t>(p, a, t, base, stride_g, gin);
-      }
-    });
+    backward_impl<scalar_t>(plan.view(), grad_out.const_data_ptr<scalar_t>(), grad_in.mutable_data_ptr<scalar_t>(),
+                            s.c_out, s.c_in, s.gin);
   });
 }
 
