@@ -23,6 +23,7 @@ from torch import nn
 from ..groups import Group
 from ..ops import group_conv2d, group_filter, lift_filter, lifting_conv2d
 from ..ops.reference import disk_mask as _disk_mask
+from ..ops.reference import transform_matrix as _transform_matrix
 from . import _utils as U
 from .exactness import warn_if_inexact
 
@@ -90,11 +91,20 @@ class _EquivariantConv(nn.Module):
         """The true fan-in of one output value: C_in * taps (lifting) or C_in * |G| * taps (group conv)."""
         return self.in_channels * self.taps * (1 if self._lifting else self.group.order)
 
+    @property
+    def transform_gain(self) -> float:
+        """Mean over g of ``E||W_g||^2 / E||W||^2`` for i.i.d. taps: 1 when every element maps taps to taps
+        (C4, D4 and their subgroups), below 1 when bilinear resampling (e.g. 45 degrees) averages taps."""
+        m = _transform_matrix(self.group, self.kernel_size, self.disk_mask)  # [|G|, k^2, k^2], float64
+        return float(m.square().sum() / (self.group.order * self.taps))
+
     def reset_parameters(self) -> None:
-        """He (Kaiming) normal init on the true fan-in: ``std = sqrt(2 / fan_in)``, zero bias. Taps outside
-        the disk (``disk_mask``) are set to zero, as the filter transform ignores them."""
+        """He (Kaiming) normal init on the true fan-in, ``std = sqrt(2 / (fan_in * transform_gain))``,
+        zero bias. The gain corrects for the energy that bilinear filter rotation loses (it is exactly 1 for
+        C4 and D4). Taps outside the disk (``disk_mask``) are set to zero, as the filter transform ignores
+        them."""
         with torch.no_grad():
-            self.weight.normal_(0.0, math.sqrt(2.0 / self.fan_in))
+            self.weight.normal_(0.0, math.sqrt(2.0 / (self.fan_in * self.transform_gain)))
             if self.disk_mask:
                 self.weight.mul_(_disk_mask(self.kernel_size).to(self.weight))
             if self.bias is not None:

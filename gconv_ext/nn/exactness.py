@@ -199,9 +199,13 @@ def check_exact(model: nn.Module, input_size: Sequence[int] | torch.Tensor, grou
                                       (int(x.shape[-2]), int(x.shape[-1])), k, s, p, d))
         return pre
 
+    wrappers: list[str] = []  # layers that report their own geometry (e.g. ExportedGroupConv): skip their insides
     for name, module in model.named_modules():
-        if _geometry(module) is not None:
-            handles.append(module.register_forward_pre_hook(hook(name)))
+        if _geometry(module) is None or any(name.startswith(w + ".") for w in wrappers):
+            continue
+        if hasattr(module, "_subsampling_geometry"):
+            wrappers.append(name)
+        handles.append(module.register_forward_pre_hook(hook(name)))
     was_training = model.training
     try:
         model.eval()
