@@ -161,6 +161,7 @@ def test_eval_uses_cache_and_matches_train_path():
     torch.testing.assert_close(y_eval, y_train.detach(), atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
         torch.testing.assert_close(gc(x), y_train.detach(), atol=1e-5, rtol=1e-5)
+    assert copy.deepcopy(gc)._cache is None  # copies and pickles never carry the cache
     gc.train()
     assert gc._cache is None
 

@@ -147,6 +147,11 @@ class _EquivariantConv(nn.Module):
             self.clear_cache()
         return super().train(mode)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()  # pickling and deepcopy never carry the cache
+        state["_cache"] = state["_cache_key"] = None
+        return state
+
     def _apply(self, fn, recurse=True):
         self.clear_cache()
         return super()._apply(fn, recurse)
