@@ -2,7 +2,7 @@
 
 Tensor layout of group feature maps: ``(B, C, |G|, H, W)``, plain tensors.
 """
-from . import groups, ops
+from . import groups, nn, ops
 from ._extension import build_info
 from .groups import CyclicGroup, DihedralGroup, Group, group_from_name
 from .ops import group_filter, lift_filter
@@ -19,4 +19,5 @@ __all__ = [
     "build_info",
     "groups",
     "ops",
+    "nn",
 ]

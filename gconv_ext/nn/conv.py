@@ -1,0 +1,294 @@
+"""Equivariant convolution modules: :class:`LiftingConv2d` and :class:`GroupConv2d`, and their export
+to a plain :class:`torch.nn.Conv2d` (:class:`ExportedGroupConv`, :func:`export`).
+
+Layout of group feature maps: ``(B, C, |G|, H, W)``, plain tensors (channel-major, group-minor, so
+``x.flatten(1, 2)`` is the ``C * |G|`` channel axis of the equivalent planar convolution).
+
+Training runs the functional ops of :mod:`gconv_ext.ops` (filter expansion + convolution, differentiable).
+In eval mode, when no gradient is needed, the expanded filter is cached and the forward is a single
+``F.conv2d``. The cache is a plain attribute (never in ``state_dict``), built under ``no_grad`` and keyed on
+the weight's identity, storage, device, dtype and version counter, so any in-place update (optimiser step,
+``load_state_dict``, ``.to()``) invalidates it (writes through ``weight.data`` bypass the version counter:
+call ``clear_cache()`` after those). It is bypassed under ``torch.compile`` / ``torch.export``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..groups import Group
+from ..ops import group_conv2d, group_filter, lift_filter, lifting_conv2d
+from ..ops.reference import disk_mask as _disk_mask
+from ..ops.reference import transform_matrix as _transform_matrix
+from . import _utils as U
+from .exactness import warn_if_inexact
+
+__all__ = ["LiftingConv2d", "GroupConv2d", "ExportedGroupConv", "export"]
+
+
+class _EquivariantConv(nn.Module):
+    """Shared machinery of the lifting and group convolutions."""
+
+    _lifting: bool
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, group: Group | str,
+                 stride=1, padding=0, dilation=1, bias: bool = True, disk_mask: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.in_channels = U.positive_int(owner, "in_channels", in_channels)
+        self.out_channels = U.positive_int(owner, "out_channels", out_channels)
+        if isinstance(kernel_size, (tuple, list)):
+            kp = U.int_pair(owner, "kernel_size", kernel_size, 1)
+            if kp[0] != kp[1]:
+                raise ValueError(f"{owner}: kernel_size must be square (the group rotates the filter), "
+                                 f"got {kernel_size!r}")
+            kernel_size = kp[0]
+        self.kernel_size = U.positive_int(owner, "kernel_size", kernel_size)
+        self.group = U.group_arg(owner, group)
+        self.stride = U.int_pair(owner, "stride", stride, 1)
+        self.dilation = U.int_pair(owner, "dilation", dilation, 1)
+        if isinstance(padding, str):
+            if padding != "same":
+                raise ValueError(f"{owner}: padding must be an int, a pair of ints or 'same', got {padding!r}")
+            if self.stride != (1, 1):
+                raise ValueError(f"{owner}: padding='same' needs stride 1, got stride={stride!r}")
+            span = [d * (self.kernel_size - 1) for d in self.dilation]
+            if any(s % 2 for s in span):
+                raise ValueError(f"{owner}: padding='same' needs an odd effective kernel size "
+                                 f"dilation * (kernel_size - 1) + 1 (symmetric padding keeps equivariance), "
+                                 f"got kernel_size={kernel_size}, dilation={dilation!r}")
+            self.padding_mode_same = True
+            self.padding = (span[0] // 2, span[1] // 2)
+        else:
+            self.padding_mode_same = False
+            self.padding = U.int_pair(owner, "padding", padding, 0)
+        U.flag(owner, "bias", bias)
+        self.disk_mask = U.flag(owner, "disk_mask", disk_mask)
+
+        k, n = self.kernel_size, self.group.order
+        shape = (out_channels, in_channels, k, k) if self._lifting else (out_channels, in_channels, n, k, k)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self._cache: torch.Tensor | None = None  # plain attribute: never in state_dict
+        self._cache_key: tuple | None = None
+        self.reset_parameters()
+
+    # -- initialisation -----------------------------------------------------------------------------
+    @property
+    def taps(self) -> int:
+        """Filter taps that are used: k^2, or the taps inside the disk when ``disk_mask``."""
+        k = self.kernel_size
+        return int(_disk_mask(k).sum().item()) if self.disk_mask else k * k
+
+    @property
+    def fan_in(self) -> int:
+        """The true fan-in of one output value: C_in * taps (lifting) or C_in * |G| * taps (group conv)."""
+        return self.in_channels * self.taps * (1 if self._lifting else self.group.order)
+
+    @property
+    def transform_gain(self) -> float:
+        """Mean over g of ``E||W_g||^2 / E||W||^2`` for i.i.d. taps: 1 when every element maps taps to taps
+        (C4, D4 and their subgroups), below 1 when bilinear resampling (e.g. 45 degrees) averages taps."""
+        m = _transform_matrix(self.group, self.kernel_size, self.disk_mask)  # [|G|, k^2, k^2], float64
+        return float(m.square().sum() / (self.group.order * self.taps))
+
+    def reset_parameters(self) -> None:
+        """He (Kaiming) normal init on the true fan-in, ``std = sqrt(2 / (fan_in * transform_gain))``,
+        zero bias. The gain corrects for the energy that bilinear filter rotation loses (it is exactly 1 for
+        C4 and D4). Taps outside the disk (``disk_mask``) are set to zero, as the filter transform ignores
+        them."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, math.sqrt(2.0 / (self.fan_in * self.transform_gain)))
+            if self.disk_mask:
+                self.weight.mul_(_disk_mask(self.kernel_size).to(self.weight))
+            if self.bias is not None:
+                self.bias.zero_()
+        self.clear_cache()
+
+    # -- filter expansion and the eval cache ---------------------------------------------------------
+    def expanded_weight(self) -> torch.Tensor:
+        """The equivalent planar filter ``[C_out * |G|, C_in (* |G|), k, k]`` (differentiable)."""
+        k = self.kernel_size
+        if self._lifting:
+            w = lift_filter(self.weight, self.group, self.disk_mask)
+        else:
+            w = group_filter(self.weight, self.group, self.disk_mask)
+        return w.reshape(self.out_channels * self.group.order, -1, k, k)
+
+    def clear_cache(self) -> None:
+        """Drop the eval-mode filter cache. Only needed after writing through ``weight.data``, which
+        bypasses the version counter the cache is keyed on (optimiser steps, ``load_state_dict``,
+        ``.to()`` and in-place ops under ``no_grad`` are all detected)."""
+        self._cache = None
+        self._cache_key = None
+
+    def _cached_weight(self) -> torch.Tensor:
+        w = self.weight
+        key = (id(w), w.data_ptr(), w.device, w.dtype, w._version)
+        if self._cache is None or self._cache_key != key:
+            with torch.no_grad():
+                self._cache = self.expanded_weight().detach()
+            self._cache_key = key
+        return self._cache
+
+    def _use_cache(self) -> bool:
+        if self.training or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        return not (torch.is_grad_enabled() and self.weight.requires_grad)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.clear_cache()
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()  # pickling and deepcopy never carry the cache
+        state["_cache"] = state["_cache_key"] = None
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def _subsampling_geometry(self):
+        k = self.kernel_size
+        return (k, k), self.stride, self.padding, self.dilation
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.stride != (1, 1):
+            warn_if_inexact(self, x)
+        if not self._use_cache():
+            fn = lifting_conv2d if self._lifting else group_conv2d
+            return fn(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
+        planar = x if self._lifting else x.flatten(1, 2)
+        out = F.conv2d(planar, self._cached_weight(), None, self.stride, self.padding, self.dilation)
+        out = out.unflatten(1, (self.out_channels, self.group.order))
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1, 1)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group.name}")
+        if self.stride != (1, 1):
+            s += f", stride={U.fmt_pair(self.stride)}"
+        if self.padding_mode_same:
+            s += ", padding='same'"
+        elif self.padding != (0, 0):
+            s += f", padding={U.fmt_pair(self.padding)}"
+        if self.dilation != (1, 1):
+            s += f", dilation={U.fmt_pair(self.dilation)}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.disk_mask:
+            s += ", disk_mask=True"
+        return s
+
+    # -- export -------------------------------------------------------------------------------------------
+    def export(self) -> "ExportedGroupConv":
+        """An equivalent module built on a plain :class:`torch.nn.Conv2d` (same input and output shapes)."""
+        n = self.group.order
+        with torch.no_grad():
+            w = self.expanded_weight().detach().clone()
+            conv = nn.Conv2d(w.shape[1], w.shape[0], self.kernel_size, self.stride, self.padding, self.dilation,
+                             bias=self.bias is not None, device=w.device, dtype=w.dtype)
+            conv.weight.copy_(w)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias.detach().repeat_interleave(n))
+        conv.train(self.training)
+        return ExportedGroupConv(conv, self.group, self.out_channels, lifting=self._lifting)
+
+
+class LiftingConv2d(_EquivariantConv):
+    """Lifting convolution: ``[B, C_in, H, W] -> [B, C_out, |G|, H', W']``.
+
+    Weight ``[C_out, C_in, k, k]``; output slice ``g`` correlates the input with the filter transformed by
+    ``g``. Rotating (reflecting) the input by ``g`` rotates the output and moves group slice ``h`` to ``g h``
+    (exactly for multiples of 90 degrees and reflections at valid sizes: see :func:`check_exact`).
+
+    Args:
+        in_channels, out_channels: channel counts (fields: each output channel has |G| slices).
+        kernel_size: k (square filters).
+        group: a :class:`~gconv_ext.groups.Group` or a name such as ``'C4'`` or ``'D8'``.
+        stride, padding, dilation: as in :class:`torch.nn.Conv2d`; ``padding='same'`` needs stride 1.
+        bias: one bias per output channel, shared over the group axis.
+        disk_mask: use only the taps inside the inscribed disk (better for N other than 1, 2, 4).
+    """
+
+    _lifting = True
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"LiftingConv2d: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+
+
+class GroupConv2d(_EquivariantConv):
+    """Group convolution: ``[B, C_in, |G|, H, W] -> [B, C_out, |G|, H', W']``.
+
+    Weight ``[C_out, C_in, |G|, k, k]``; the group axis of the filter is permuted exactly (Cayley table),
+    the spatial axes are transformed as in :class:`LiftingConv2d`. Same arguments as :class:`LiftingConv2d`;
+    the fan-in for the init is ``C_in * |G| * k^2``.
+    """
+
+    _lifting = False
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.group.order:
+            raise ValueError(f"GroupConv2d: input must be [B, {self.in_channels}, |G| = {self.group.order}, H, W] "
+                             f"for {self.group.name}, got {tuple(x.shape)}")
+
+
+class ExportedGroupConv(nn.Module):
+    """A lifting or group convolution frozen into a plain :class:`torch.nn.Conv2d` (``self.conv``):
+    ``[B, C_in(, |G|), H, W] -> [B, C_out, |G|, H', W']`` with the same outputs as the original module.
+
+    Its parameters are ordinary Conv2d parameters: training it further does not keep equivariance.
+    """
+
+    def __init__(self, conv: nn.Conv2d, group: Group | str, out_channels: int, lifting: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.group = U.group_arg("ExportedGroupConv", group)
+        self.out_channels = U.positive_int("ExportedGroupConv", "out_channels", out_channels)
+        self.lifting = U.flag("ExportedGroupConv", "lifting", lifting)
+        if conv.out_channels != out_channels * self.group.order:
+            raise ValueError(f"ExportedGroupConv: conv.out_channels must be out_channels * |G| = "
+                             f"{out_channels * self.group.order}, got {conv.out_channels}")
+
+    def _subsampling_geometry(self):
+        c = self.conv
+        return c.kernel_size, c.stride, c.padding, c.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.stride != (1, 1):
+            warn_if_inexact(self, x)
+        y = self.conv(x if self.lifting else x.flatten(1, 2))
+        return y.unflatten(1, (self.out_channels, self.group.order))
+
+    def extra_repr(self) -> str:
+        return f"group={self.group.name}, out_channels={self.out_channels}, lifting={self.lifting}"
+
+
+def export(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every :class:`LiftingConv2d` / :class:`GroupConv2d` in ``model`` (recursively, or ``model``
+    itself) by its :class:`ExportedGroupConv`. The result computes the same function with plain PyTorch
+    modules (no gconv_ext ops), e.g. for ONNX or other deployment. ``model`` is deep-copied unless
+    ``inplace``."""
+    if isinstance(model, _EquivariantConv):
+        return model.export()
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, child in list(model.named_children()):
+        if isinstance(child, _EquivariantConv):
+            setattr(model, name, child.export())
+        else:
+            export(child, inplace=True)
+    return model

@@ -1,0 +1,182 @@
+"""Equivariant normalisation, pooling and dropout on group feature maps ``(B, C, |G|, H, W)``.
+
+Every module here treats the |G| slices of a channel alike (statistics, affine parameters and dropout masks
+are shared over the group axis), which is what keeps it equivariant: rotating the input rotates the output
+and permutes its group axis in the same way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..groups import Group
+from ..ops import group_pool
+from . import _utils as U
+from .exactness import warn_if_inexact
+
+__all__ = ["GroupBatchNorm2d", "GroupLayerNorm", "GroupPool", "GroupMaxPool2d", "GroupAvgPool2d",
+           "GroupDropout", "InvariantPool"]
+
+
+def _check_group_map(owner: str, x: torch.Tensor, group: Group | None = None, channels: int | None = None) -> None:
+    if x.dim() != 5:
+        raise ValueError(f"{owner}: input must be 5-D [B, C, |G|, H, W], got shape {tuple(x.shape)}")
+    if group is not None and x.shape[2] != group.order:
+        raise ValueError(f"{owner}: input.shape[2] must be |G| = {group.order} for {group.name}, got {x.shape[2]}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{owner}: input must have {channels} channels, got {x.shape[1]}")
+
+
+class GroupBatchNorm2d(nn.BatchNorm3d):
+    """Batch norm for group feature maps: one mean/variance and one affine pair per channel, shared over
+    the group axis (BatchNorm3d over ``C`` with ``(|G|, H, W)`` as the spatial dims). State-dict keys are
+    those of :class:`torch.nn.BatchNorm3d`."""
+
+    def __init__(self, channels: int, group: Group | str, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None) -> None:
+        owner = "GroupBatchNorm2d"
+        U.positive_int(owner, "channels", channels)
+        self.group = U.group_arg(owner, group)
+        U.flag(owner, "affine", affine)
+        U.flag(owner, "track_running_stats", track_running_stats)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"{owner}: eps must be a positive float, got {eps!r}")
+        super().__init__(channels, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _check_group_map("GroupBatchNorm2d", input, self.group, self.num_features)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group={self.group.name}"
+
+
+class GroupLayerNorm(nn.Module):
+    """The study's normalisation: affine-free layer norm over ``(C, |G|, H, W)`` of each sample.
+
+    Invariant statistics, so equivariant; no parameters."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"GroupLayerNorm: eps must be a positive float, got {eps!r}")
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("GroupLayerNorm", x)
+        return F.layer_norm(x, x.shape[1:], eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class GroupPool(nn.Module):
+    """Invariant projection over the group axis: ``[B, C, |G|, H, W] -> [B, C, H, W]`` (``'max'`` or
+    ``'mean'``). The result transforms like a planar image."""
+
+    def __init__(self, mode: str = "max") -> None:
+        super().__init__()
+        if mode not in ("max", "mean"):
+            raise ValueError(f"GroupPool: mode must be 'max' or 'mean', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_pool(x, self.mode)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class InvariantPool(nn.Module):
+    """Mean (or max) over ``(|G|, H, W)``: ``[B, C, |G|, H, W] -> [B, C]``, invariant under the group
+    (exactly for 90-degree rotations and reflections)."""
+
+    def __init__(self, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in ("max", "mean"):
+            raise ValueError(f"InvariantPool: mode must be 'max' or 'mean', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("InvariantPool", x)
+        return x.mean(dim=(2, 3, 4)) if self.mode == "mean" else x.amax(dim=(2, 3, 4))
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class _GroupSpatialPool(nn.Module):
+    _name: str
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        owner = self._name
+        self.kernel_size = U.int_pair(owner, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else U.int_pair(owner, "stride", stride, 1)
+        self.padding = U.int_pair(owner, "padding", padding, 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{owner}: padding must be at most half the kernel size, got padding={padding!r} "
+                             f"for kernel_size={kernel_size!r}")
+
+    def _subsampling_geometry(self):
+        return self.kernel_size, self.stride, self.padding, (1, 1)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map(self._name, x)
+        if self.stride != (1, 1):
+            warn_if_inexact(self, x)
+        return self._pool(x.flatten(1, 2)).unflatten(1, (x.shape[1], x.shape[2]))
+
+    def extra_repr(self) -> str:
+        s = f"kernel_size={U.fmt_pair(self.kernel_size)}, stride={U.fmt_pair(self.stride)}"
+        return s + (f", padding={U.fmt_pair(self.padding)}" if self.padding != (0, 0) else "")
+
+
+class GroupMaxPool2d(_GroupSpatialPool):
+    """Spatial max pooling of each group slice: ``[B, C, |G|, H, W] -> [B, C, |G|, H', W']``.
+
+    ``stride`` defaults to ``kernel_size``. Warns once (:class:`EquivarianceWarning`) when the input size
+    makes 90-degree equivariance inexact, e.g. a 2x2/2 pool on an odd size."""
+
+    _name = "GroupMaxPool2d"
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class GroupAvgPool2d(_GroupSpatialPool):
+    """Spatial average pooling of each group slice (zero padding counted), like :class:`GroupMaxPool2d`."""
+
+    _name = "GroupAvgPool2d"
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class GroupDropout(nn.Module):
+    """Dropout of whole fields: one Bernoulli draw per (sample, channel, pixel), shared by the |G| slices
+    of that channel, so the dropped pattern is equivariant in distribution (element-wise dropout would
+    drop single group slices and break the field structure). ``whole_channel=True`` drops entire channels
+    ``(|G|, H, W)`` at once (like :class:`torch.nn.Dropout3d`). Identity in eval mode."""
+
+    def __init__(self, p: float = 0.5, whole_channel: bool = False) -> None:
+        super().__init__()
+        self.p = U.probability("GroupDropout", "p", p)
+        self.whole_channel = U.flag("GroupDropout", "whole_channel", whole_channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("GroupDropout", x)
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        b, c, _, h, w = x.shape
+        shape = (b, c, 1, 1, 1) if self.whole_channel else (b, c, 1, h, w)
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
+        return x * mask / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (", whole_channel=True" if self.whole_channel else "")
