@@ -1,9 +1,14 @@
-"""Models: the plain CNN baseline and the spatial transformer network (STN) of the study."""
+"""Models: the study's GCNN, the spatial transformer network (STN) and the plain CNN baseline."""
 from gconv_ext.models.cnn import CNN, GCNN_C4_4_16_PARAMS, cnn_for_params, cnn_parameter_count
+from gconv_ext.models.gcnn import GCNN, GCNN_PRESETS, gcnn_parameter_count, gcnn_preset
 from gconv_ext.models.common import count_parameters, layer_norm_chw
 from gconv_ext.models.stn import STN, LocalizationNet, affine_warp, rotation_theta, stn_for_params, stn_parameter_count
 
 __all__ = [
+    "GCNN",
+    "GCNN_PRESETS",
+    "gcnn_preset",
+    "gcnn_parameter_count",
     "CNN",
     "GCNN_C4_4_16_PARAMS",
     "cnn_for_params",

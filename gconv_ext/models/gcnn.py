@@ -1,0 +1,105 @@
+"""The study's group-equivariant CNN (GCNN) for 28x28 MNIST, for C_N and D_N.
+
+Architecture (STUDY_NOTES section 1): lifting conv (k=5, padding 1, no bias) -> norm -> ReLU, then L
+group convs (k=5, no padding, no bias) each followed by norm and ReLU, with a group-axis-preserving
+2x2 stride-1 spatial max pool between them; the invariant projection is the mean over (|G|, H, W),
+then ``Linear(C, 10)``. Sizes for L = 4: 28 -> 26 -> 22 -> 21 -> 17 -> 16 -> 12 -> 11 -> 7.
+Parameters: ``25C + 25 L |G| C^2 + 10C + 10`` (C4/4/16: 102,970; C8/4/32: 820,330).
+
+No layer subsamples, so the network is exactly invariant to rotations by multiples of 90 degrees
+(and to reflections for D_N) at any input size: ``gconv_ext.nn.check_exact`` confirms it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..groups import Group, group_from_name
+from ..nn import GroupBatchNorm2d, GroupConv2d, GroupLayerNorm, GroupMaxPool2d, InvariantPool, LiftingConv2d
+from .common import check_choice, check_int
+
+__all__ = ["GCNN", "GCNN_PRESETS", "gcnn_preset", "gcnn_parameter_count"]
+
+# The study's grid: N in {4, 8} x L in {2, 4} x C in {16, 32}.
+GCNN_PRESETS: dict[str, dict] = {
+    f"C{n}/{layers}/{c}": {"group": f"C{n}", "layers": layers, "channels": c}
+    for n in (4, 8) for layers in (2, 4) for c in (16, 32)
+}
+
+
+class GCNN(nn.Module):
+    """Group-equivariant CNN with an invariant head.
+
+    Args:
+        group: a Group or a name such as ``'C4'``, ``'D4'``, ``'C8'``.
+        layers: number of group convolutions L (>= 1).
+        channels: channels per layer C (fields of the regular representation).
+        kernel_size: filter size k (odd; 5 in the study).
+        norm: ``'layer'`` (the study's affine-free LayerNorm over (C, |G|, H, W)) or ``'batch'``
+            (GroupBatchNorm2d, statistics shared over the group axis).
+        disk_mask: disk-mask the filters (helps equivariance to non-90-degree rotations for N > 4).
+    """
+
+    def __init__(self, group: Group | str = "C4", layers: int = 4, channels: int = 16, kernel_size: int = 5,
+                 in_channels: int = 1, num_classes: int = 10, norm: str = "layer", disk_mask: bool = False,
+                 lift_padding: int = 1) -> None:
+        super().__init__()
+        self.group = group_from_name(group)
+        layers = check_int("layers", layers)
+        channels = check_int("channels", channels)
+        kernel_size = check_int("kernel_size", kernel_size)
+        check_int("in_channels", in_channels)
+        check_int("num_classes", num_classes)
+        check_int("lift_padding", lift_padding, minimum=0)
+        self.norm_kind = check_choice("norm", norm, ("layer", "batch"))
+        self.layers, self.channels = layers, channels
+
+        def norm_layer() -> nn.Module:
+            return GroupLayerNorm() if norm == "layer" else GroupBatchNorm2d(channels, self.group)
+
+        blocks: list[nn.Module] = [
+            LiftingConv2d(in_channels, channels, kernel_size, self.group, padding=lift_padding, bias=False,
+                          disk_mask=disk_mask),
+            norm_layer(), nn.ReLU(),
+        ]
+        for i in range(layers):
+            blocks += [GroupConv2d(channels, channels, kernel_size, self.group, bias=False, disk_mask=disk_mask),
+                       norm_layer(), nn.ReLU()]
+            if i < layers - 1:
+                blocks.append(GroupMaxPool2d(2, stride=1))
+        self.features = nn.Sequential(*blocks)
+        self.pool = InvariantPool("mean")
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def group_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last group feature map ``[B, C, |G|, H, W]`` (equivariant)."""
+        if x.dim() != 4:
+            raise ValueError(f"GCNN: input must be [B, C, H, W], got shape {tuple(x.shape)}")
+        return self.features(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The invariant embedding ``[B, C]``."""
+        return self.pool(self.group_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def gcnn_preset(name: str, **overrides) -> GCNN:
+    """A GCNN from the study's grid by name, e.g. ``'C4/4/16'`` (group/layers/channels); ``'D4/4/16'``
+    and other groups are accepted too."""
+    parts = name.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(f"GCNN preset must look like 'C4/4/16' (group/layers/channels), got {name!r}; "
+                         f"the study's grid: {', '.join(GCNN_PRESETS)}")
+    kwargs = {"group": group_from_name(parts[0]), "layers": int(parts[1]), "channels": int(parts[2])}
+    kwargs.update(overrides)
+    return GCNN(**kwargs)
+
+
+def gcnn_parameter_count(group: Group | str, layers: int, channels: int, kernel_size: int = 5,
+                         in_channels: int = 1, num_classes: int = 10) -> int:
+    """Closed form: lifting ``C*C_in*k^2`` + L group convs ``C^2*|G|*k^2`` + the linear head."""
+    n = group_from_name(group).order
+    kk = kernel_size * kernel_size
+    return channels * in_channels * kk + layers * channels * channels * n * kk + channels * num_classes + num_classes

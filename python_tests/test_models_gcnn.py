@@ -1,0 +1,79 @@
+"""The study's GCNN: sizes, parameter counts, exact invariance, training smoke."""
+import pytest
+import torch
+
+from gconv_ext.groups import Group
+from gconv_ext.models import GCNN, GCNN_PRESETS, count_parameters, gcnn_parameter_count, gcnn_preset
+from gconv_ext.nn import check_exact
+
+
+@pytest.mark.parametrize("name,expected", [("C4/4/16", 102_970), ("C4/2/16", 51_770), ("C4/4/32", 410_730),
+                                           ("C8/4/16", 205_370), ("C8/4/32", 820_330)])
+def test_parameter_counts_match_the_study(name, expected):
+    model = gcnn_preset(name)
+    assert count_parameters(model) == expected
+    g, layers, c = name.split("/")
+    assert gcnn_parameter_count(g, int(layers), int(c)) == expected
+
+
+def test_presets_cover_the_grid():
+    assert len(GCNN_PRESETS) == 8 and "C8/4/32" in GCNN_PRESETS
+
+
+def test_spatial_sizes():
+    model = GCNN("C4", layers=4, channels=4)
+    x = torch.randn(2, 1, 28, 28)
+    sizes = []
+    h = x
+    for layer in model.features:
+        h = layer(h)
+        sizes.append(h.shape[-1])
+    assert sorted(set(sizes), reverse=True) == [26, 22, 21, 17, 16, 12, 11, 7]
+    assert model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("group", ["C4", "D4"])
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_exactly_invariant_to_quarter_turns_and_flips(group, norm):
+    g = Group(4, group == "D4")
+    model = GCNN(group, layers=2, channels=6, norm=norm).double().eval()
+    assert check_exact(model, (1, 1, 28, 28)).exact
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    ref = model(x)
+    for e in range(g.order):
+        torch.testing.assert_close(model(g.act_on_plane(e, x)), ref, atol=1e-11, rtol=0)
+    # the group feature map moves with the input: rotate the input, rotate + shift the features
+    feats = model.group_features(x)
+    torch.testing.assert_close(model.group_features(g.act_on_plane(1, x)), g.act(1, feats), atol=1e-11, rtol=0)
+
+
+def test_float32_invariance_and_training_smoke():
+    torch.manual_seed(0)
+    model = GCNN("C4", layers=2, channels=8)
+    x = torch.randn(64, 1, 28, 28)
+    y = (x[:, 0, 10:18, 10:18].mean((1, 2)) > 0).long()  # a rotation-invariant toy label
+    logits = model(x)
+    torch.testing.assert_close(model(torch.rot90(x, 1, (-2, -1))), logits, atol=1e-5, rtol=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    first = None
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+
+
+@pytest.mark.parametrize("kwargs,match", [({"layers": 0}, "layers"), ({"channels": -1}, "channels"),
+                                          ({"norm": "group"}, "norm"), ({"group": "Q4"}, "group")])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GCNN(**kwargs)
+
+
+def test_bad_preset_and_input():
+    with pytest.raises(ValueError, match="C4/4/16"):
+        gcnn_preset("C4-4-16")
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        GCNN(layers=1, channels=2)(torch.zeros(1, 28, 28))
