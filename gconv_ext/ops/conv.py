@@ -130,15 +130,25 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
-    """Invariant projection over the group axis: ``[B, C, |G|, H, W] -> [B, C, H, W]``."""
+    """Invariant projection over the group axis: ``[B, C, |G|, H, W] -> [B, C, H, W]``.
+
+    ``mode='max'`` (the gradient goes to the first maximal element of each group fibre: deterministic)
+    or ``'mean'``. A custom C++/CUDA operator, differentiable twice.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 5:
         raise ValueError(f"gconv_ext: input must be 5-D [B, C, |G|, H, W], got shape {tuple(x.shape)}")
-    if mode == "max":
-        return x.amax(dim=2)
-    if mode == "mean":
-        return x.mean(dim=2)
-    raise ValueError(f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
-
+    if mode not in ("max", "mean"):
+        raise ValueError(f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
+    if not x.is_floating_point():
+        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
+    if x.shape[2] < 1:
+        raise ValueError("gconv_ext: the group axis (input.shape[2]) must be non-empty")
+    if not _extension.available():
+        _extension.warn_if_unavailable()
+        return reference.group_pool(x, mode)
+    return torch.ops.gconv_ext.group_pool(x, mode)
 
 if _extension.available():
     from .conv_ops import _register

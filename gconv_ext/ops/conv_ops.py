@@ -1,4 +1,4 @@
-"""Fake kernels and autograd for the fused convolution operators.
+"""Fake kernels and autograd for the fused convolution operators and group pooling.
 
 ``torch.ops.gconv_ext.{lifting_conv2d, group_conv2d}`` and their explicit backward ops
 ``*_backward(grad_out, input, weight, ..., output_mask) -> (grad_input, grad_weight, grad_bias)`` are
@@ -12,6 +12,10 @@ defined in C++ (``csrc/conv.cpp``). Here:
 * the autograd of the backward op, written with the two ops themselves, so double (and higher)
   backward works: the backward op is linear in ``grad_out`` and bilinear in (``grad_out``, ``input``)
   and (``grad_out``, ``weight``), and each of its adjoints is again a forward or backward op.
+
+``torch.ops.gconv_ext.group_pool(input, mode)`` and ``group_pool_backward(grad_out, input, mode)``: the
+backward is linear in ``grad_out`` and piecewise constant in ``input``; its adjoint is the mean pool
+(mean) or the gather at the first argmax (max).
 """
 from __future__ import annotations
 
@@ -89,7 +93,56 @@ def _fake_backward(lifting, grad_out, input, weight, rotations, reflections, dis
     return grad_input, grad_weight, grad_bias
 
 
+def _register_group_pool() -> None:
+    ops = torch.ops.gconv_ext
+
+    def check(input, mode):
+        torch._check(mode in ("max", "mean"), lambda: f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
+        torch._check(input.dim() == 5, lambda: f"gconv_ext: input must be 5-D, got {input.dim()}-D")
+
+    @torch.library.register_fake("gconv_ext::group_pool")
+    def _(input, mode):
+        check(input, mode)
+        return input.new_empty((input.shape[0], input.shape[1], input.shape[3], input.shape[4]))
+
+    @torch.library.register_fake("gconv_ext::group_pool_backward")
+    def _(grad_out, input, mode):
+        check(input, mode)
+        torch._check(grad_out.shape == (input.shape[0], input.shape[1], input.shape[3], input.shape[4]),
+                     lambda: "gconv_ext: grad_out must have shape [B, C, H, W] of input")
+        return input.new_empty(input.shape)
+
+    def setup_pool(ctx, inputs, output):
+        input, mode = inputs
+        ctx.mode = mode
+        ctx.save_for_backward(input)
+
+    def backward_pool(ctx, grad):
+        (input,) = ctx.saved_tensors
+        return ops.group_pool_backward(grad, input, ctx.mode), None
+
+    def setup_pool_backward(ctx, inputs, output):
+        grad_out, input, mode = inputs
+        ctx.mode = mode
+        ctx.save_for_backward(input if mode == "max" else None)
+
+    def backward_pool_backward(ctx, gg):
+        # d/d grad_out only: the backward is piecewise constant in input (zero derivative).
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        if ctx.mode == "mean":
+            return ops.group_pool(gg, "mean"), None, None
+        (input,) = ctx.saved_tensors
+        first_max = input.argmax(dim=2, keepdim=True)  # first maximal element, as in the kernel
+        return gg.gather(2, first_max).squeeze(2), None, None
+
+    torch.library.register_autograd("gconv_ext::group_pool", backward_pool, setup_context=setup_pool)
+    torch.library.register_autograd("gconv_ext::group_pool_backward", backward_pool_backward,
+                                    setup_context=setup_pool_backward)
+
+
 def _register() -> None:
+    _register_group_pool()
     ops = torch.ops.gconv_ext
 
     for lifting, fwd, bwd in ((True, ops.lifting_conv2d, ops.lifting_conv2d_backward),

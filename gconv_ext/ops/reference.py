@@ -34,6 +34,7 @@ __all__ = [
     "group_filter",
     "lifting_conv2d",
     "group_conv2d",
+    "group_pool",
     "rotate_bilinear",
     "lift_filter_grid_sample",
     "group_filter_grid_sample",
@@ -136,6 +137,11 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
                    _pair(stride), _pair(padding), _pair(dilation))
     out = out.view(out.shape[0], co, n, out.shape[-2], out.shape[-1])
     return out if bias is None else out + bias.view(1, co, 1, 1, 1)
+
+
+def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """Reference group pooling ``[B, C, |G|, H, W] -> [B, C, H, W]`` (max or mean over the group axis)."""
+    return x.amax(dim=2) if mode == "max" else x.mean(dim=2)
 
 
 def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
