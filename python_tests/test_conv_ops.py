@@ -155,7 +155,8 @@ def test_opcheck_channels_last():
                           (x.to(memory_format=torch.channels_last), w, bs, 4, False, False, [1, 1], [1, 1], [1, 1]))
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
     group = Group(4, True)
     x, w, bs = _inputs(True, group, 2, 2, 3, 8, 3, True, dtype=torch.float32, requires_grad=True)
     _, w2, _ = _inputs(False, group, 1, 3, 2, 1, 3, False, dtype=torch.float32, requires_grad=True)
@@ -164,7 +165,7 @@ def test_torch_compile_fullgraph():
         y = lifting_conv2d(x, w, bs, group, padding=1).relu()
         return group_conv2d(y, w2, None, group, stride=2).square().sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic, backend="aot_eager")
     expected = f(x, w, bs, w2)
     want = torch.autograd.grad(expected, (x, w, bs, w2))
     got = compiled(x, w, bs, w2)
