@@ -1,4 +1,5 @@
-// Operator schemas (the one TORCH_LIBRARY block), argument checks and the CPU/CUDA registrations.
+// Operator schemas (the one TORCH_LIBRARY block), the filter-transform host functions and the CPU/CUDA
+// registrations (the fused convolutions live in conv.cpp, group pooling in group_pool.cpp).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -107,6 +108,22 @@ TORCH_LIBRARY(gconv_ext, m) {
   m.def("lift_filter_backward(Tensor grad, int rotations, bool reflections, bool disk_mask) -> Tensor");
   m.def("group_filter(Tensor weight, int rotations, bool reflections, bool disk_mask) -> Tensor");
   m.def("group_filter_backward(Tensor grad, int rotations, bool reflections, bool disk_mask) -> Tensor");
+  m.def(
+      "lifting_conv2d(Tensor input, Tensor weight, Tensor? bias, int rotations, bool reflections, bool disk_mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  m.def(
+      "lifting_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int rotations, bool reflections, "
+      "bool disk_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_conv2d(Tensor input, Tensor weight, Tensor? bias, int rotations, bool reflections, bool disk_mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  m.def(
+      "group_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int rotations, bool reflections, "
+      "bool disk_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("group_pool(Tensor input, str mode) -> Tensor");
+  m.def("group_pool_backward(Tensor grad_out, Tensor input, str mode) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
@@ -114,6 +131,12 @@ TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
   m.impl("lift_filter_backward", &lift_filter_backward);
   m.impl("group_filter", &group_filter);
   m.impl("group_filter_backward", &group_filter_backward);
+  m.impl("lifting_conv2d", &lifting_conv2d);
+  m.impl("lifting_conv2d_backward", &lifting_conv2d_backward);
+  m.impl("group_conv2d", &group_conv2d);
+  m.impl("group_conv2d_backward", &group_conv2d_backward);
+  m.impl("group_pool", &group_pool);
+  m.impl("group_pool_backward", &group_pool_backward);
 }
 
 #ifdef GCONV_EXT_WITH_CUDA
@@ -122,6 +145,12 @@ TORCH_LIBRARY_IMPL(gconv_ext, CUDA, m) {
   m.impl("lift_filter_backward", &lift_filter_backward);
   m.impl("group_filter", &group_filter);
   m.impl("group_filter_backward", &group_filter_backward);
+  m.impl("lifting_conv2d", &lifting_conv2d);
+  m.impl("lifting_conv2d_backward", &lifting_conv2d_backward);
+  m.impl("group_conv2d", &group_conv2d);
+  m.impl("group_conv2d_backward", &group_conv2d_backward);
+  m.impl("group_pool", &group_pool);
+  m.impl("group_pool_backward", &group_pool_backward);
 }
 #endif
 

@@ -32,6 +32,9 @@ __all__ = [
     "disk_mask",
     "lift_filter",
     "group_filter",
+    "lifting_conv2d",
+    "group_conv2d",
+    "group_pool",
     "rotate_bilinear",
     "lift_filter_grid_sample",
     "group_filter_grid_sample",
@@ -102,6 +105,43 @@ def group_filter(weight: torch.Tensor, group: Group, disk: bool = False) -> torc
     permuted = w[:, :, src]  # [C_out, C_in, g, h, k*k]
     out = torch.einsum("gop,cdghp->cgdho", m, permuted)
     return out.reshape(co, n, ci, n, k, k)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def lifting_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: Group, stride=1,
+                   padding=0, dilation=1, disk_mask: bool = False) -> torch.Tensor:
+    """Reference lifting convolution, unfused: lift the filter, one planar ``F.conv2d``, shared bias.
+
+    ``x[B, C_in, H, W]``, ``weight[C_out, C_in, k, k]`` -> ``[B, C_out, |G|, H', W']``; output slice ``g``
+    is the correlation with the filter transformed by ``g``.
+    """
+    w = lift_filter(weight, group, disk_mask)  # [C_out, G, C_in, k, k]
+    co, n, ci, k, _ = w.shape
+    out = F.conv2d(x, w.reshape(co * n, ci, k, k), None, _pair(stride), _pair(padding), _pair(dilation))
+    out = out.view(out.shape[0], co, n, out.shape[-2], out.shape[-1])
+    return out if bias is None else out + bias.view(1, co, 1, 1, 1)
+
+
+def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: Group, stride=1,
+                 padding=0, dilation=1, disk_mask: bool = False) -> torch.Tensor:
+    """Reference group convolution, unfused: expand the filter, one planar ``F.conv2d``, shared bias.
+
+    ``x[B, C_in, |G|, H, W]``, ``weight[C_out, C_in, |G|, k, k]`` -> ``[B, C_out, |G|, H', W']``.
+    """
+    w = group_filter(weight, group, disk_mask)  # [C_out, G, C_in, G, k, k]
+    co, n, ci, _, k, _ = w.shape
+    out = F.conv2d(x.reshape(x.shape[0], ci * n, x.shape[-2], x.shape[-1]), w.reshape(co * n, ci * n, k, k), None,
+                   _pair(stride), _pair(padding), _pair(dilation))
+    out = out.view(out.shape[0], co, n, out.shape[-2], out.shape[-1])
+    return out if bias is None else out + bias.view(1, co, 1, 1, 1)
+
+
+def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """Reference group pooling ``[B, C, |G|, H, W] -> [B, C, H, W]`` (max or mean over the group axis)."""
+    return x.amax(dim=2) if mode == "max" else x.mean(dim=2)
 
 
 def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:

@@ -1,0 +1,325 @@
+"""The fused lifting / group convolution operators: reference, gradients, registration, inputs, equivariance."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import gconv_ext
+from gconv_ext import _extension
+from gconv_ext.groups import Group
+from gconv_ext.ops import group_conv2d, lifting_conv2d, reference
+
+pytestmark = pytest.mark.skipif(not _extension.available(), reason="compiled extension not built")
+ops = torch.ops.gconv_ext
+
+GROUPS = [Group(4), Group(4, True), Group(8), Group(3, True)]
+F64 = torch.float64
+
+
+def _conv_cases(count: int, seed: int = 0):
+    """(lifting, group, B, C_in, C_out, H, k, stride, padding, dilation, bias, disk) over random shapes."""
+    rng = random.Random(seed)
+    for i in range(count):
+        k = rng.choice([1, 2, 3, 5])
+        d = rng.choice([1, 2])
+        size = d * (k - 1) + 1 + rng.randint(0, 5)
+        yield (bool(i % 2), GROUPS[(i // 2) % len(GROUPS)], rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 3),
+               size, k, rng.choice([1, 2]), rng.randint(0, 2), d, rng.random() < 0.5, rng.random() < 0.3)
+
+
+def _inputs(lifting, group, b, ci, co, h, k, bias, dtype=F64, requires_grad=False, w=None):
+    w = h if w is None else w
+    x = torch.randn((b, ci, h, w) if lifting else (b, ci, group.order, h, w), dtype=dtype)
+    wt = torch.randn((co, ci, k, k) if lifting else (co, ci, group.order, k, k), dtype=dtype)
+    bs = torch.randn(co, dtype=dtype) if bias else None
+    if requires_grad:
+        for t in (x, wt, bs):
+            if t is not None:
+                t.requires_grad_()
+    return x, wt, bs
+
+
+def _fns(lifting):
+    return (lifting_conv2d, reference.lifting_conv2d) if lifting else (group_conv2d, reference.group_conv2d)
+
+
+def _case_id(c):
+    return f"{'lift' if c[0] else 'group'}-{c[1].name}-k{c[6]}-s{c[7]}p{c[8]}d{c[9]}-b{int(c[10])}"
+
+
+# -- against the reference ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", list(_conv_cases(24)), ids=_case_id)
+def test_matches_reference_float64(case):
+    lifting, group, b, ci, co, h, k, s, p, d, bias, disk = case
+    x, w, bs = _inputs(lifting, group, b, ci, co, h, k, bias, w=h + 1, requires_grad=True)
+    fused, ref = _fns(lifting)
+    out = fused(x, w, bs, group, s, p, d, disk)
+    expected = ref(x, w, bs, group, s, p, d, disk)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    leaves = [t for t in (x, w, bs) if t is not None]
+    got = torch.autograd.grad(out, leaves, grad)
+    want = torch.autograd.grad(expected, leaves, grad)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, atol=1e-11, rtol=1e-11)
+
+
+def test_float32_matches_reference():
+    group = Group(8, True)
+    x, w, bs = _inputs(True, group, 2, 3, 4, 11, 5, True, dtype=torch.float32)
+    torch.testing.assert_close(lifting_conv2d(x, w, bs, group, padding=2),
+                               reference.lifting_conv2d(x, w, bs, group, padding=2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_padding_same(lifting):
+    group = Group(4)
+    x, w, bs = _inputs(lifting, group, 1, 2, 3, 9, 3, True)
+    fused, ref = _fns(lifting)
+    out = fused(x, w, bs, group, padding="same", dilation=2)
+    assert out.shape[-2:] == x.shape[-2:]
+    torch.testing.assert_close(out, ref(x, w, bs, group, padding=2, dilation=2), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="stride"):
+        fused(x, w, bs, group, stride=2, padding="same")
+    x4, w4, _ = _inputs(lifting, group, 1, 2, 3, 9, 4, False)
+    with pytest.raises(ValueError, match="odd"):
+        fused(x4, w4, None, group, padding="same")
+
+
+# -- autograd -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lifting", [True, False], ids=["lift", "group"])
+@pytest.mark.parametrize("group,stride,padding,dilation", [(Group(4), 1, 1, 1), (Group(2, True), 2, 0, 2),
+                                                            (Group(3), 1, 2, 1)], ids=["C4", "D2", "C3"])
+def test_gradcheck_and_gradgradcheck(lifting, group, stride, padding, dilation):
+    x, w, bs = _inputs(lifting, group, 1, 2, 2, 4, 2, True, requires_grad=True)
+    fused, _ = _fns(lifting)
+
+    def f(a, b, c):
+        return fused(a, b, c, group, stride, padding, dilation)
+
+    assert torch.autograd.gradcheck(f, (x, w, bs))
+    assert torch.autograd.gradgradcheck(f, (x, w, bs))
+
+
+def test_one_autograd_node():
+    x, w, bs = _inputs(True, Group(4), 1, 2, 3, 6, 3, True, requires_grad=True)
+    out = lifting_conv2d(x, w, bs, "C4")
+    assert "gconv_ext" in type(out.grad_fn).__name__ or "lifting_conv2d" in str(out.grad_fn.name())
+    assert {type(fn).__name__ for fn, _ in out.grad_fn.next_functions if fn is not None} == {"AccumulateGrad"}
+
+
+def test_backward_op_respects_output_mask():
+    group = Group(4, True)
+    x, w, _ = _inputs(False, group, 2, 2, 3, 6, 3, False)
+    go = torch.randn(2, 3, group.order, 4, 4, dtype=F64)
+    full = ops.group_conv2d_backward(go, x, w, 4, True, False, [1, 1], [0, 0], [1, 1], [True, True, True])
+    part = ops.group_conv2d_backward(go, x, w, 4, True, False, [1, 1], [0, 0], [1, 1], [False, True, False])
+    assert part[0] is None and part[2] is None
+    torch.testing.assert_close(part[1], full[1], atol=0, rtol=0)
+    torch.testing.assert_close(full[2], go.sum((0, 2, 3, 4)))
+
+
+# -- registration: opcheck, compile --------------------------------------------------------------
+
+def _opcheck_samples():
+    for lifting in (True, False):
+        fwd = ops.lifting_conv2d.default if lifting else ops.group_conv2d.default
+        bwd = ops.lifting_conv2d_backward.default if lifting else ops.group_conv2d_backward.default
+        for group, rg, bias, sp in ((Group(4), False, True, ([1, 1], [1, 1], [1, 1])),
+                                    (Group(2, True), True, True, ([2, 1], [0, 1], [1, 2])),
+                                    (Group(3), True, False, ([1, 1], [0, 0], [1, 1]))):
+            x, w, bs = _inputs(lifting, group, 2, 2, 3, 6, 3, bias, requires_grad=rg)
+            args = (group.rotations, group.reflections, False, *sp)
+            yield fwd, (x, w, bs, *args)
+            with torch.no_grad():
+                out = fwd(x, w, bs, *args)
+            go = torch.randn_like(out).requires_grad_(rg)
+            yield bwd, (go, x, w, *args, [True, True, bias])
+            yield bwd, (go, x, w, *args, [False, True, False])
+
+
+@pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: str(s[0]))
+def test_opcheck(sample):
+    op, args = sample
+    torch.library.opcheck(op, args)
+
+
+def test_opcheck_channels_last():
+    x, w, bs = _inputs(True, Group(4), 2, 3, 2, 6, 3, True, requires_grad=True)
+    torch.library.opcheck(ops.lifting_conv2d.default,
+                          (x.to(memory_format=torch.channels_last), w, bs, 4, False, False, [1, 1], [1, 1], [1, 1]))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    group = Group(4, True)
+    x, w, bs = _inputs(True, group, 2, 2, 3, 8, 3, True, dtype=torch.float32, requires_grad=True)
+    _, w2, _ = _inputs(False, group, 1, 3, 2, 1, 3, False, dtype=torch.float32, requires_grad=True)
+
+    def f(x, w, bs, w2):
+        y = lifting_conv2d(x, w, bs, group, padding=1).relu()
+        return group_conv2d(y, w2, None, group, stride=2).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+    expected = f(x, w, bs, w2)
+    want = torch.autograd.grad(expected, (x, w, bs, w2))
+    got = compiled(x, w, bs, w2)
+    have = torch.autograd.grad(got, (x, w, bs, w2))
+    torch.testing.assert_close(got, expected)
+    for a, e in zip(have, want):
+        torch.testing.assert_close(a, e)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_channels_last_and_non_contiguous(lifting):
+    group = Group(4, True)
+    x, w, bs = _inputs(lifting, group, 2, 3, 2, 7, 3, True)
+    fused, _ = _fns(lifting)
+    expected = fused(x, w, bs, group, 1, 1)
+    if lifting:
+        variants = [x.to(memory_format=torch.channels_last), x.transpose(-1, -2).contiguous().transpose(-1, -2)]
+    else:
+        variants = [x.to(memory_format=torch.channels_last_3d), x.permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)]
+    for v in variants:
+        assert not v.is_contiguous()
+        xv = v.detach().requires_grad_()
+        wv = w.detach().requires_grad_()
+        out = fused(xv, wv, bs, group, 1, 1)
+        torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+        out.sum().backward()
+        assert xv.grad.shape == x.shape and wv.grad.shape == w.shape
+    xc = x.detach().requires_grad_()
+    fused(xc, w, bs, group, 1, 1).sum().backward()
+    torch.testing.assert_close(xv.grad, xc.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_empty_batch(lifting):
+    group = Group(4)
+    x, w, bs = _inputs(lifting, group, 0, 2, 3, 6, 3, True, requires_grad=True)
+    fused, _ = _fns(lifting)
+    out = fused(x, w, bs, group, 1, 1)
+    assert out.shape == (0, 3, 4, 6, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(bs.grad, torch.zeros_like(bs))
+
+
+def _bad_cases():
+    g = "C4"
+    x4, w4 = torch.zeros(1, 2, 6, 6), torch.zeros(3, 2, 3, 3)
+    x5, w5 = torch.zeros(1, 2, 4, 6, 6), torch.zeros(3, 2, 4, 3, 3)
+    return [
+        (lifting_conv2d, (x5, w4, None, g), ValueError, "input must be a 4-D"),
+        (lifting_conv2d, (x4, w5, None, g), ValueError, "weight must be a 4-D"),
+        (lifting_conv2d, (torch.zeros(1, 3, 6, 6), w4, None, g), ValueError, "channels"),
+        (lifting_conv2d, (x4, w4, torch.zeros(2), g), ValueError, "bias"),
+        (lifting_conv2d, (x4.double(), w4, None, g), TypeError, "dtype"),
+        (lifting_conv2d, (x4.long(), w4.long(), None, g), TypeError, "floating"),
+        (lifting_conv2d, (x4.to("meta"), w4, None, g), ValueError, "device"),
+        (lifting_conv2d, (x4, torch.zeros(3, 2, 3, 4), None, g), ValueError, "square"),
+        (group_conv2d, (x4, w5, None, g), ValueError, "input must be a 5-D"),
+        (group_conv2d, (torch.zeros(1, 2, 8, 6, 6), w5, None, g), ValueError, r"input.shape\[2\].*\|G\| = 4"),
+        (group_conv2d, (x5, torch.zeros(3, 2, 8, 3, 3), None, g), ValueError, r"weight.shape\[2\].*\|G\| = 4"),
+        (group_conv2d, (x5, torch.zeros(3, 1, 4, 3, 3), None, g), ValueError, "channels"),
+        (group_conv2d, (x5, w5, None, "D4"), ValueError, r"\|G\| = 8"),
+        (group_conv2d, (x5, w5, torch.zeros(3, 1), g), ValueError, "bias"),
+        (group_conv2d, (x5, w5, None, g, 0), ValueError, "stride"),
+        (group_conv2d, (x5, w5, None, g, 1, -1), ValueError, "padding"),
+        (group_conv2d, (x5, w5, None, g, 1, "full"), ValueError, "padding"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[3])
+def test_bad_inputs_python(case):
+    fn, args, exc, match = case
+    with pytest.raises(exc, match=match):
+        fn(*args)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: ops.lifting_conv2d(torch.zeros(1, 2, 4, 6, 6), torch.zeros(3, 2, 3, 3), None, 4, False, False,
+                                [1, 1], [0, 0], [1, 1]), "4-D"),
+    (lambda: ops.group_conv2d(torch.zeros(1, 2, 4, 6, 6), torch.zeros(3, 2, 4, 3, 3), None, 4, True, False,
+                              [1, 1], [0, 0], [1, 1]), r"\|G\| = 8 for D4"),
+    (lambda: ops.lifting_conv2d(torch.zeros(1, 2, 6, 6), torch.zeros(3, 1, 3, 3), None, 4, False, False,
+                                [1, 1], [0, 0], [1, 1]), "channels"),
+    (lambda: ops.lifting_conv2d(torch.zeros(1, 2, 6, 6), torch.zeros(3, 2, 3, 3), torch.zeros(2), 4, False, False,
+                                [1, 1], [0, 0], [1, 1]), "bias"),
+    (lambda: ops.lifting_conv2d(torch.zeros(1, 2, 6, 6), torch.zeros(3, 2, 3, 3).double(), None, 4, False, False,
+                                [1, 1], [0, 0], [1, 1]), "dtype"),
+    (lambda: ops.lifting_conv2d(torch.zeros(1, 2, 6, 6), torch.zeros(3, 2, 3, 3), None, 4, False, False,
+                                [0, 1], [0, 0], [1, 1]), "stride"),
+])
+def test_bad_inputs_cpp(call, match):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        call()
+
+
+# -- equivariance -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group", [Group(4), Group(4, True)], ids=str)
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("k,size,padding", [(3, 9, 1), (4, 9, 0), (5, 11, 2)])
+def test_equivariance_exact(group, dtype, tol, k, size, padding):
+    # stride 1: the output grid is centred on the input grid, so quarter turns and flips act exactly
+    # weights scaled by 1/sqrt(fan_in) so that the features stay O(1) and an absolute tolerance is fair
+    x = torch.randn(2, 3, size, size, dtype=dtype)
+    w = torch.randn(4, 3, k, k, dtype=dtype) / (3 * k * k) ** 0.5
+    b = torch.randn(4, dtype=dtype)
+    wg = torch.randn(2, 4, group.order, k, k, dtype=dtype) / (4 * group.order * k * k) ** 0.5
+    y = lifting_conv2d(x, w, b, group, padding=padding)
+    z = group_conv2d(y, wg, None, group, padding=padding)
+    for g in range(group.order):
+        xg = group.act_on_plane(g, x)
+        yg = lifting_conv2d(xg, w, b, group, padding=padding)
+        torch.testing.assert_close(yg, group.act(g, y), atol=tol, rtol=0)
+        torch.testing.assert_close(group_conv2d(yg, wg, None, group, padding=padding), group.act(g, z), atol=tol, rtol=0)
+
+
+# -- the fallback and CUDA ------------------------------------------------------------------------
+
+def test_fallback_to_reference_when_not_built(monkeypatch):
+    monkeypatch.setattr(_extension, "_C", None)
+    monkeypatch.setattr(_extension, "_LOAD_ERROR", "not built (test)")
+    monkeypatch.setattr(_extension, "_warned", False)
+    group = Group(4)
+    x, w, bs = _inputs(False, group, 1, 2, 3, 6, 3, True, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="not built"):
+        out = gconv_ext.ops.group_conv2d(x, w, bs, group, padding="same")
+    torch.testing.assert_close(out, reference.group_conv2d(x, w, bs, group, padding=1))
+    out.sum().backward()
+    assert w.grad is not None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lifting", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-10), (torch.float32, 1e-4)])
+def test_cuda_matches_cpu(lifting, dtype, tol):
+    group = Group(4, True)
+    x, w, bs = _inputs(lifting, group, 2, 3, 4, 9, 3, True, dtype=dtype, requires_grad=True)
+    fused, _ = _fns(lifting)
+    xc, wc, bc = (t.detach().cuda().requires_grad_() for t in (x, w, bs))
+    out, out_c = fused(x, w, bs, group, 2, 1, 1), fused(xc, wc, bc, group, 2, 1, 1)
+    torch.testing.assert_close(out_c.cpu(), out, atol=tol, rtol=tol)
+    grad = torch.randn_like(out)
+    want = torch.autograd.grad(out, (x, w, bs), grad)
+    got = torch.autograd.grad(out_c, (xc, wc, bc), grad.cuda())
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.cpu(), e, atol=tol * 10, rtol=tol * 10)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_gradgradcheck():
+    group = Group(4)
+    x, w, bs = _inputs(False, group, 1, 2, 2, 5, 3, True, requires_grad=True)
+    x, w, bs = (t.detach().cuda().requires_grad_() for t in (x, w, bs))
+    torch.library.opcheck(ops.group_conv2d.default, (x, w, bs, 4, False, False, [1, 1], [1, 1], [1, 1]))
+    assert torch.autograd.gradgradcheck(lambda a, b, c: group_conv2d(a, b, c, group, 1, 1), (x, w, bs))
