@@ -162,7 +162,8 @@ def _free_port() -> int:
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path, shared_data_dir):
-    common = ["--preset", "tiny", "--epochs", "1", "--batch-size", "32", "--train-limit", "256",
+    # 225 = 7 full global batches + one of a single digit: the ranks get 16/16 and then 1/0 digits.
+    common = ["--preset", "tiny", "--epochs", "2", "--batch-size", "32", "--train-limit", "225",
               "--val-limit", "128", "--train-rotation", "uniform", "--device", "cpu", "--threads", "1",
               "--data-dir", str(shared_data_dir), "--no-test", "--quiet"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
