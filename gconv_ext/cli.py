@@ -174,6 +174,12 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
     from gconv_ext.train.loop import TrainConfig, train  # noqa: PLC0415
 
+    from gconv_ext.train.loop import resolve_device  # noqa: PLC0415
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
     kwargs = _model_kwargs(args)
     try:
         build_model(args.model, preset=args.preset, **kwargs)  # validate before loading any data
@@ -211,14 +217,14 @@ def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     import torch  # noqa: PLC0415
 
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from gconv_ext.train.loop import _resolve_device  # noqa: PLC0415
+    from gconv_ext.train.loop import resolve_device  # noqa: PLC0415
 
     if not Path(args.checkpoint).is_file():
         parser.exit(2, f"error: checkpoint {args.checkpoint} not found\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = _resolve_device(args.device, 0)
+        device = resolve_device(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
     try:

@@ -59,6 +59,7 @@ __all__ = [
     "DistContext",
     "TrainData",
     "setup_distributed",
+    "resolve_device",
     "load_train_data",
     "epoch_generator",
     "accuracy",
@@ -214,7 +215,12 @@ class DistContext:
             self.initialized_here = False
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; a bare ``"cuda"`` -> ``cuda:<local_rank>``.
+
+    Raises:
+        ValueError: CUDA requested but not available.
+    """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -235,7 +241,7 @@ def setup_distributed(device: str = "auto") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if world <= 1:
         return DistContext(0, 1, 0, dev)
     created = False
