@@ -1,0 +1,271 @@
+"""Command line: ``python -m gconv_ext {train,evaluate,table} ...``.
+
+Examples::
+
+    python -m gconv_ext train --model cnn --preset matched --train-rotation uniform --out-dir runs/cnn-rot
+    python -m gconv_ext train --model cnn --preset tiny --epochs 2 --train-limit 512 --val-limit 256
+    torchrun --nproc_per_node 2 -m gconv_ext train --model stn-single-rotation --device cpu
+    python -m gconv_ext train --model cnn --out-dir runs/cnn-rot --resume
+    python -m gconv_ext evaluate runs/cnn-rot/best.pt
+    python -m gconv_ext table runs/*/result.json -o results.md
+
+Errors in arguments name the option (argparse, exit code 2); a missing data folder or a bad data
+file gives a one-line ``error: ...`` on stderr and exit code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gconv_ext.data.paths import DataFileError, DataFileNotFoundError, default_data_dir
+from gconv_ext.train.registry import available_models, build_model
+
+__all__ = ["main", "build_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY a Python identifier, got {text!r}")
+    try:
+        value: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key, value
+
+
+def _device(text: str) -> str:
+    if text == "auto" or text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the MNIST IDX files (default: gconv_ext.data.default_data_dir())")
+    p.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=_nonneg_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--eval-batch-size", type=_positive_int, default=2048, help="evaluation batch size (2048)")
+    p.add_argument("--test-limit", type=_positive_int, default=None, help="use only the first N test digits")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m gconv_ext``."""
+    parser = argparse.ArgumentParser(prog="python -m gconv_ext",
+                                     description="Train and evaluate rotation-invariant MNIST models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,table}")
+
+    t = sub.add_parser("train", help="train a model with the study's protocol")
+    t.add_argument("--model", choices=available_models(), default="cnn", help="model name (default cnn)")
+    t.add_argument("--preset", default=None,
+                   help="model preset: default, matched (~102,970 params, as GCNN C4/4/16), tiny, ...")
+    t.add_argument("--group", default=None, help="symmetry group for group-equivariant models, e.g. C4, D4")
+    t.add_argument("--channels", type=_positive_int, default=None, help="channels per layer")
+    t.add_argument("--layers", type=_positive_int, default=None, help="number of conv layers")
+    t.add_argument("--kernel-size", type=_positive_int, default=None, help="conv kernel size")
+    t.add_argument("--params", type=_positive_int, default=None,
+                   help="target parameter count (picks the closest channel count)")
+    t.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra model keyword argument (repeatable), e.g. --model-arg loc_channels=8")
+    t.add_argument("--train-rotation", choices=("none", "uniform"), default="none",
+                   help="none: upright training; uniform: rotated training (validation is rotated in both)")
+    t.add_argument("--epochs", type=_positive_int, default=20, help="maximum epochs (20)")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="global batch size (32)")
+    t.add_argument("--lr", type=_positive_float, default=1e-2, help="AdamW learning rate (1e-2)")
+    t.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, help="AdamW weight decay (1e-4)")
+    t.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience in epochs (5)")
+    t.add_argument("--seed", type=_nonneg_int, default=0, help="initialisation/shuffle/augmentation seed (0)")
+    t.add_argument("--out-dir", default=None, help="output folder (default runs/<model>-<rotation>-seed<seed>)")
+    t.add_argument("--train-limit", type=_positive_int, default=None, help="use only N training digits")
+    t.add_argument("--val-limit", type=_positive_int, default=None, help="use only N validation digits")
+    t.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
+    t.add_argument("--overwrite", action="store_true", help="start again in an out-dir holding a run")
+    t.add_argument("--download", action="store_true", help="download MNIST with torchvision if missing")
+    t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    t.add_argument("--no-test", action="store_true", help="skip the test evaluation of best.pt at the end")
+    _add_common(t)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on the fixed rotated test set")
+    e.add_argument("checkpoint", help="a best.pt / last.pt written by train")
+    e.add_argument("--out-dir", default=None, help="where to write results (default: the checkpoint's folder)")
+    e.add_argument("--name", default=None, help="model name for the results table")
+    e.add_argument("--test-seed", type=_nonneg_int, default=0, help="seed of the fixed test angles (0)")
+    e.add_argument("--angle-step", type=_positive_int, default=5, help="per-angle curve step in degrees (5)")
+    _add_common(e)
+
+    tb = sub.add_parser("table", help="markdown table of result.json files")
+    tb.add_argument("results", nargs="+", help="result.json files or run folders")
+    tb.add_argument("-o", "--output", default="results.md", help="markdown file to write (results.md)")
+    return parser
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for name in ("group", "channels", "layers", "kernel_size", "params"):
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    for key, value in args.model_arg:
+        kwargs[key] = value
+    return kwargs
+
+
+def _check_data_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One-line error (exit 2) if the data folder does not exist."""
+    if args.data_dir is not None:
+        path = Path(args.data_dir).expanduser()
+        if not path.is_dir() and not getattr(args, "download", False):
+            parser.exit(2, f"error: data folder {path} does not exist; pass --data-dir pointing at the "
+                           "MNIST files (or --download)\n")
+    else:
+        try:
+            default_data_dir()
+        except DataFileNotFoundError as exc:
+            parser.exit(2, f"error: {exc}\n")
+
+
+def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
+    from gconv_ext.train.loop import TrainConfig, train  # noqa: PLC0415
+
+    from gconv_ext.train.loop import resolve_device  # noqa: PLC0415
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    kwargs = _model_kwargs(args)
+    try:
+        build_model(args.model, preset=args.preset, **kwargs)  # validate before loading any data
+    except (ValueError, TypeError) as exc:
+        parser.error(f"--model {args.model}: {exc}")
+    out_dir = args.out_dir or f"runs/{args.model}-{args.train_rotation}-seed{args.seed}"
+    cfg = TrainConfig(
+        model=args.model, model_kwargs=kwargs, preset=args.preset, train_rotation=args.train_rotation,
+        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device,
+        threads=args.threads, data_dir=args.data_dir, out_dir=out_dir, train_limit=args.train_limit,
+        val_limit=args.val_limit, test_limit=args.test_limit, resume=args.resume,
+        overwrite=args.overwrite, download=args.download, deterministic=args.deterministic,
+        quiet=args.quiet,
+    )
+    try:
+        summary = train(cfg)
+    except FileExistsError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if not args.quiet:
+        print(f"best validation accuracy {summary['best_val_acc']:.4f} (epoch {summary['best_epoch']}); "
+              f"outputs in {out_dir}", file=sys.stderr)
+    if not args.no_test and summary["best_epoch"] > 0:
+        result = evaluate_checkpoint(Path(out_dir) / "best.pt", data_dir=args.data_dir,
+                                     test_limit=args.test_limit, batch_size=args.eval_batch_size,
+                                     device=summary["device"])
+        print(f"rotated-test accuracy {result['rotated_test_acc']:.4f}, upright {result['upright_test_acc']:.4f}, "
+              f"mean per-angle {result['mean_per_angle_acc']:.4f}")
+    return 0
+
+
+def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import torch  # noqa: PLC0415
+
+    from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
+    from gconv_ext.train.loop import resolve_device  # noqa: PLC0415
+
+    if not Path(args.checkpoint).is_file():
+        parser.exit(2, f"error: checkpoint {args.checkpoint} not found\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {exc}")
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.out_dir, args.data_dir, name=args.name,
+                                     test_limit=args.test_limit, test_seed=args.test_seed,
+                                     angles=[float(a) for a in range(0, 360, args.angle_step)],
+                                     batch_size=args.eval_batch_size, device=device)
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"{result['name']}: rotated-test accuracy {result['rotated_test_acc']:.4f}, upright "
+          f"{result['upright_test_acc']:.4f}, mean per-angle {result['mean_per_angle_acc']:.4f}")
+    return 0
+
+
+def _cmd_table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gconv_ext.train.evaluate import load_results, write_results_table  # noqa: PLC0415
+
+    try:
+        results = load_results(args.results)
+    except (FileNotFoundError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    text = write_results_table(results, args.output)
+    print(text, end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse errors raise ``SystemExit(2)``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        return _cmd_table(parser, args)
+    _check_data_dir(parser, args)
+    try:
+        if args.command == "train":
+            return _cmd_train(parser, args)
+        return _cmd_evaluate(parser, args)
+    except (DataFileNotFoundError, DataFileError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

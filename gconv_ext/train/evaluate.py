@@ -1,0 +1,244 @@
+"""Test-set evaluation: fixed rotated-test accuracy, per-angle accuracy curves, results table.
+
+* :func:`evaluate_model` scores a model on the MNIST test digits rotated by fixed, seeded angles
+  (:func:`~gconv_ext.data.rotated_test_set`, so every model sees the same rotated set), upright, and
+  at each of 0, 5, ..., 355 degrees.
+* :func:`evaluate_checkpoint` does that for a ``best.pt`` / ``last.pt`` written by
+  :func:`~gconv_ext.train.train` and writes ``per_angle.csv``, ``per_angle.png``,
+  ``test_angles.pt`` (the rotated-test angles) and ``result.json`` atomically.
+* :func:`write_results_table` writes a markdown table comparing results.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gconv_ext.data import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    fixed_angle_test_sets,
+    load_mnist,
+    rotated_test_set,
+    to_normalized_float,
+)
+from gconv_ext.data.paths import resolve_data_dir
+from gconv_ext.models import count_parameters
+from gconv_ext.train.loop import accuracy, model_from_checkpoint
+
+__all__ = [
+    "DEFAULT_ANGLES",
+    "TEST_ROTATION_SEED",
+    "evaluate_model",
+    "evaluate_checkpoint",
+    "write_per_angle_csv",
+    "plot_per_angle",
+    "write_results_table",
+    "load_results",
+]
+
+#: The angles of the per-angle curve: 0, 5, ..., 355 degrees.
+DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 5))
+#: Seed of the fixed angles of the rotated test set (the validation set uses another seed).
+TEST_ROTATION_SEED = 0
+
+_TABLE_COLUMNS = (
+    ("name", "model"), ("num_params", "params"), ("train_rotation", "train setting"),
+    ("rotated_test_acc", "rotated-test acc"), ("upright_test_acc", "upright acc"),
+    ("mean_per_angle_acc", "mean per-angle acc"), ("train_time_s", "training time"),
+)
+
+
+def evaluate_model(
+    model: nn.Module,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    test_limit: int | None = None,
+    test_seed: int = TEST_ROTATION_SEED,
+    angles: Sequence[float] = DEFAULT_ANGLES,
+    batch_size: int = 2048,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Accuracy of ``model`` on the (first ``test_limit``) MNIST test digits.
+
+    Returns a dict with ``rotated_test_acc`` (each digit at its own fixed angle from ``test_seed``),
+    ``upright_test_acc``, ``per_angle`` (``{angle: acc}`` for ``angles``), ``mean_per_angle_acc``,
+    ``test_angles`` (the float64 tensor of rotated-test angles), ``test_seed``, ``n_test`` and
+    ``num_params``.
+    """
+    images, labels = load_mnist("test", resolve_data_dir(data_dir))
+    if test_limit is not None:
+        images, labels = images[:test_limit], labels[:test_limit]
+    model = model.to(device)
+    rot_x, rot_y, rot_angles = rotated_test_set(images, labels, seed=test_seed)
+    rotated_acc = accuracy(model, rot_x, rot_y, batch_size, device)
+    del rot_x
+    upright_acc = accuracy(model, to_normalized_float(images), labels, batch_size, device)
+    per_angle: dict[float, float] = {}
+    for angle, x, y in fixed_angle_test_sets(images, labels, angles):
+        per_angle[angle] = accuracy(model, x, y, batch_size, device)
+    mean = sum(per_angle.values()) / len(per_angle) if per_angle else float("nan")
+    return {
+        "rotated_test_acc": rotated_acc,
+        "upright_test_acc": upright_acc,
+        "per_angle": per_angle,
+        "mean_per_angle_acc": mean,
+        "test_angles": rot_angles,
+        "test_seed": test_seed,
+        "n_test": int(labels.shape[0]),
+        "num_params": count_parameters(model),
+    }
+
+
+def write_per_angle_csv(per_angle: Mapping[float, float], path: str | os.PathLike[str]) -> None:
+    """Write ``angle_deg,accuracy`` rows atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["angle_deg", "accuracy"])
+    for angle, acc in per_angle.items():
+        writer.writerow([f"{angle:g}", f"{acc:.6f}"])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def plot_per_angle(
+    curves: Mapping[str, Mapping[float, float]], path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """Plot accuracy against rotation angle, one line per entry of ``curves``; PNG written atomically."""
+    import matplotlib  # noqa: PLC0415 (imported lazily: only plotting needs it)
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, curve in curves.items():
+        xs = list(curve.keys())
+        ax.plot(xs, [curve[a] for a in xs], marker=".", label=label)
+    ax.set_xlabel("rotation angle (degrees, counter-clockwise)")
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(0, 360)
+    ax.set_xticks(range(0, 361, 45))
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1 or any(curves):
+        ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    test_limit: int | None = None,
+    test_seed: int = TEST_ROTATION_SEED,
+    angles: Sequence[float] = DEFAULT_ANGLES,
+    batch_size: int = 2048,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a training checkpoint and write its result files.
+
+    Files (in ``out_dir``, default the checkpoint's folder): ``per_angle.csv``, ``per_angle.png``,
+    ``test_angles.pt`` (``{"seed", "angles"}``) and ``result.json`` (the row for
+    :func:`write_results_table`; the training time comes from ``summary.json`` beside the
+    checkpoint when present). ``test_limit`` defaults to the run's own ``test_limit``.
+
+    Returns the result dict (as in ``result.json``, with ``per_angle`` keyed by float angles).
+    """
+    checkpoint = Path(checkpoint)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint)
+    out = Path(out_dir) if out_dir is not None else checkpoint.parent
+    if data_dir is None:
+        data_dir = cfg.data_dir
+    if test_limit is None:
+        test_limit = cfg.test_limit
+    res = evaluate_model(model, data_dir, test_limit=test_limit, test_seed=test_seed, angles=angles,
+                         batch_size=batch_size, device=device)
+    train_time = None
+    summary_path = checkpoint.parent / "summary.json"
+    if summary_path.is_file():
+        train_time = json.loads(summary_path.read_text()).get("train_time_s")
+    label = name or (cfg.model if cfg.preset in (None, "default") else f"{cfg.model} ({cfg.preset})")
+    result = {
+        "name": label,
+        "model": cfg.model,
+        "preset": cfg.preset,
+        "model_kwargs": cfg.model_kwargs,
+        "num_params": res["num_params"],
+        "train_rotation": cfg.train_rotation,
+        "rotated_test_acc": res["rotated_test_acc"],
+        "upright_test_acc": res["upright_test_acc"],
+        "mean_per_angle_acc": res["mean_per_angle_acc"],
+        "per_angle": res["per_angle"],
+        "train_time_s": train_time,
+        "epoch": int(ckpt["epoch"]),
+        "val_acc": float(ckpt.get("val_acc", float("nan"))),
+        "test_seed": test_seed,
+        "n_test": res["n_test"],
+        "checkpoint": str(checkpoint),
+        "seed": cfg.seed,
+    }
+    atomic_torch_save({"seed": test_seed, "angles": res["test_angles"]}, out / "test_angles.pt")
+    write_per_angle_csv(res["per_angle"], out / "per_angle.csv")
+    plot_per_angle({f"{label}, trained {'rotated' if cfg.train_rotation == 'uniform' else 'upright'}":
+                    res["per_angle"]}, out / "per_angle.png", title="accuracy per test rotation")
+    serial = dict(result, per_angle={f"{a:g}": v for a, v in res["per_angle"].items()})
+    atomic_write_bytes(out / "result.json", (json.dumps(serial, indent=2) + "\n").encode())
+    return result
+
+
+def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Read ``result.json`` files (a folder means ``<folder>/result.json``)."""
+    results = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "result.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"result file {p} not found (run `evaluate` first)")
+        results.append(json.loads(p.read_text()))
+    return results
+
+
+def _fmt(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if key == "num_params":
+        return f"{int(value):,}"
+    if key == "train_rotation":
+        return {"none": "upright", "uniform": "rotated"}.get(str(value), str(value))
+    if key == "train_time_s":
+        seconds = float(value)
+        return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def write_results_table(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> str:
+    """Write a markdown table (model, params, train setting, rotated-test acc, upright acc, mean
+    per-angle acc, training time) atomically to ``path`` and return its text.
+
+    Each result is a dict as returned by :func:`evaluate_checkpoint`; missing entries show as ``-``.
+    """
+    header = "| " + " | ".join(title for _, title in _TABLE_COLUMNS) + " |"
+    sep = "|" + "|".join("---" if key in ("name", "train_rotation") else "---:" for key, _ in _TABLE_COLUMNS) + "|"
+    lines = [header, sep]
+    for r in results:
+        lines.append("| " + " | ".join(_fmt(key, r.get(key)) for key, _ in _TABLE_COLUMNS) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return text

@@ -1,0 +1,211 @@
+"""A registry of model factories, so training and evaluation can build models by name.
+
+Built-in names:
+
+* ``"cnn"``: :class:`gconv_ext.models.CNN`;
+* ``"stn-single-rotation"``, ``"stn-multi-rotation"``, ``"stn-single-affine"``,
+  ``"stn-multi-affine"``: :class:`gconv_ext.models.STN` with that mode and head.
+
+Factories are called with keyword arguments only. Common ones are ``channels``, ``layers``,
+``kernel_size`` and ``params`` (a target parameter count: the channel count closest to it is
+chosen); group-equivariant models registered later take ``group`` (e.g. ``"C4"``) as well.
+A factory that does not understand an argument raises ``ValueError`` naming it.
+
+Each model may also have named *presets* (keyword-argument sets): every built-in model has
+``"default"`` (its constructor defaults), ``"matched"`` (about the parameters of the study's GCNN
+C4/4/16, 102,970) and ``"tiny"`` (8 channels, 2 layers, for smoke runs). Explicit keyword arguments
+override the preset's.
+
+Other modules add models with :func:`register_model`::
+
+    register_model("gcnn", make_gcnn, presets={"tiny": {"group": "C4", "channels": 4, "layers": 2}})
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from gconv_ext.models import CNN, GCNN_C4_4_16_PARAMS, STN, cnn_for_params, stn_for_params
+
+__all__ = [
+    "ModelFactory",
+    "ModelSpec",
+    "register_model",
+    "unregister_model",
+    "build_model",
+    "available_models",
+    "model_presets",
+]
+
+#: A callable taking keyword arguments only and returning an ``nn.Module``.
+ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its factory, presets and a one-line description."""
+
+    name: str
+    factory: ModelFactory
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    factory: ModelFactory,
+    *,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> None:
+    """Register ``factory`` under ``name``.
+
+    Args:
+        name: the model name used by :func:`build_model` and ``--model``.
+        factory: called as ``factory(**kwargs)``; must return an ``nn.Module``.
+        presets: named keyword-argument sets (``"default"`` is added as ``{}`` if missing).
+        description: a one-line description for listings.
+        overwrite: replace an existing registration instead of raising ``ValueError``.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"model name must be a non-empty string without surrounding spaces, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory for model {name!r} must be callable, got {type(factory).__name__}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"model {name!r} is already registered; pass overwrite=True to replace it")
+    all_presets: dict[str, dict[str, Any]] = {"default": {}}
+    for pname, kwargs in (presets or {}).items():
+        all_presets[str(pname)] = dict(kwargs)
+    _REGISTRY[name] = ModelSpec(name, factory, all_presets, description)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registration (mainly for tests); unknown names raise ``KeyError``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"model {name!r} is not registered")
+    del _REGISTRY[name]
+
+
+def available_models() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def _spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(available_models())}"
+        ) from None
+
+
+def model_presets(name: str) -> dict[str, dict[str, Any]]:
+    """The presets of model ``name`` (a copy)."""
+    return {k: dict(v) for k, v in _spec(name).presets.items()}
+
+
+def _check_kwargs(name: str, factory: ModelFactory, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming arguments the factory's signature does not accept."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params
+                if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"model {name!r} does not take argument(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(sorted(accepted)) or 'none'}"
+        )
+
+
+def build_model(name: str, preset: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with the preset's arguments updated by ``kwargs``.
+
+    Raises:
+        ValueError: unknown model or preset, or arguments the model does not take / rejects.
+    """
+    spec = _spec(name)
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in spec.presets:
+            raise ValueError(
+                f"model {name!r} has no preset {preset!r}; presets: {', '.join(sorted(spec.presets))}"
+            )
+        merged.update(spec.presets[preset])
+    merged.update(kwargs)
+    _check_kwargs(name, spec.factory, merged)
+    model = spec.factory(**merged)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"factory for model {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+# ------------------------------------------------------------------------------ built-ins
+
+
+def _make_cnn(
+    *,
+    channels: int | None = None,
+    layers: int = 5,
+    kernel_size: int = 5,
+    params: int | None = None,
+) -> nn.Module:
+    """:class:`CNN`; ``params`` picks the channel count closest to that many parameters."""
+    if params is not None:
+        if channels is not None:
+            raise ValueError("give either channels or params (a target parameter count), not both")
+        return cnn_for_params(params, layers=layers, kernel_size=kernel_size)
+    return CNN(channels=32 if channels is None else channels, layers=layers, kernel_size=kernel_size)
+
+
+def _stn_factory(mode: str, head: str) -> ModelFactory:
+    def make_stn(
+        *,
+        channels: int | None = None,
+        layers: int = 5,
+        kernel_size: int = 5,
+        loc_channels: int = 16,
+        init: str = "identity",
+        params: int | None = None,
+    ) -> nn.Module:
+        if params is not None:
+            if channels is not None:
+                raise ValueError("give either channels or params (a target parameter count), not both")
+            return stn_for_params(params, mode=mode, head=head, layers=layers,
+                                  loc_channels=loc_channels, kernel_size=kernel_size, init=init)
+        return STN(mode=mode, head=head, channels=32 if channels is None else channels, layers=layers,
+                   loc_channels=loc_channels, kernel_size=kernel_size, init=init)
+
+    make_stn.__name__ = f"make_stn_{mode}_{head}"
+    make_stn.__doc__ = f":class:`STN` (mode={mode!r}, head={head!r}); ``params`` picks the channel count."
+    return make_stn
+
+
+_COMMON_PRESETS: dict[str, dict[str, Any]] = {
+    "matched": {"params": GCNN_C4_4_16_PARAMS},
+    "tiny": {"channels": 8, "layers": 2},
+}
+
+register_model("cnn", _make_cnn, presets=_COMMON_PRESETS, description="plain CNN baseline")
+for _mode in ("single", "multi"):
+    for _head in ("rotation", "affine"):
+        register_model(
+            f"stn-{_mode}-{_head}",
+            _stn_factory(_mode, _head),
+            presets={**_COMMON_PRESETS, "tiny": {"channels": 8, "layers": 2, "loc_channels": 4}},
+            description=f"spatial transformer CNN, {_mode} localiser(s), {_head} head",
+        )
