@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,table}")
 
     t = sub.add_parser("train", help="train a model with the study's protocol")
-    t.add_argument("--model", choices=available_models(), default="cnn", help="model name (default cnn)")
+    t.add_argument("--model", choices=available_models(), default="gcnn", help="model name (default gcnn: the study's C4/4/16 GCNN)")
     t.add_argument("--preset", default=None,
                    help="model preset: default, matched (~102,970 params, as GCNN C4/4/16), tiny, ...")
     t.add_argument("--group", default=None, help="symmetry group for group-equivariant models, e.g. C4, D4")

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from gconv_ext.models import CNN, GCNN_C4_4_16_PARAMS, STN, cnn_for_params, stn_for_params
+from gconv_ext.models import CNN, GCNN, GCNN_C4_4_16_PARAMS, GCNN_PRESETS, STN, cnn_for_params, stn_for_params
 
 __all__ = [
     "ModelFactory",
@@ -209,3 +209,27 @@ for _mode in ("single", "multi"):
             presets={**_COMMON_PRESETS, "tiny": {"channels": 8, "layers": 2, "loc_channels": 4}},
             description=f"spatial transformer CNN, {_mode} localiser(s), {_head} head",
         )
+
+
+def _make_gcnn(
+    *,
+    group: str = "C4",
+    layers: int = 4,
+    channels: int = 16,
+    kernel_size: int = 5,
+    norm: str = "layer",
+    disk_mask: bool = False,
+) -> nn.Module:
+    """The study's :class:`~gconv_ext.models.GCNN` (lifting conv + L group convs, invariant head)."""
+    return GCNN(group=group, layers=layers, channels=channels, kernel_size=kernel_size, norm=norm,
+                disk_mask=disk_mask)
+
+
+register_model(
+    "gcnn",
+    _make_gcnn,
+    presets={**{name: dict(kwargs) for name, kwargs in GCNN_PRESETS.items()},
+             "tiny": {"group": "C4", "channels": 4, "layers": 2}},
+    description="group-equivariant CNN (C_N / D_N), the study's architecture; presets 'C4/4/16' etc.",
+)
+
