@@ -323,3 +323,24 @@ def test_cuda_opcheck_and_gradgradcheck():
     x, w, bs = (t.detach().cuda().requires_grad_() for t in (x, w, bs))
     torch.library.opcheck(ops.group_conv2d.default, (x, w, bs, 4, False, False, [1, 1], [1, 1], [1, 1]))
     assert torch.autograd.gradgradcheck(lambda a, b, c: group_conv2d(a, b, c, group, 1, 1), (x, w, bs))
+
+
+# -- autocast -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_autocast_cpu_bfloat16(lifting):
+    g = Group(4)
+    torch.manual_seed(0)
+    if lifting:
+        x, w, fn = torch.randn(2, 3, 12, 12), torch.randn(4, 3, 5, 5, requires_grad=True), gconv_ext.ops.lifting_conv2d
+    else:
+        x, w, fn = torch.randn(2, 3, 4, 12, 12), torch.randn(4, 3, 4, 5, 5, requires_grad=True), gconv_ext.ops.group_conv2d
+    b = torch.randn(4, requires_grad=True)
+    expected = fn(x, w, b, g, padding=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(x.bfloat16(), w, b, g, padding=2)  # a bf16 activation meets fp32 parameters
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.1 * expected.abs().max().item(), rtol=0.05)
+    out.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    assert torch.isfinite(w.grad).all()

@@ -68,7 +68,9 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
         raise ValueError(f"gconv_ext: weight must be a {dim}-D tensor {w_layout}, got shape {tuple(weight.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
-    if x.dtype != weight.dtype:
+    # Under torch.autocast the op casts input, weight and bias itself (csrc/autocast.cpp).
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if x.dtype != weight.dtype and not autocast:
         raise TypeError(f"gconv_ext: input and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
     if x.device != weight.device:
         raise ValueError(f"gconv_ext: input and weight must be on the same device, got {x.device} and {weight.device}")
@@ -87,7 +89,7 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
             raise TypeError(f"gconv_ext: bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if bias.shape != (weight.shape[0],):
             raise ValueError(f"gconv_ext: bias must have shape [C_out] = [{weight.shape[0]}], got {tuple(bias.shape)}")
-        if bias.dtype != weight.dtype:
+        if bias.dtype != weight.dtype and not autocast:
             raise TypeError(f"gconv_ext: bias must have the dtype of weight ({weight.dtype}), got {bias.dtype}")
         if bias.device != weight.device:
             raise ValueError(f"gconv_ext: bias must be on the device of weight ({weight.device}), got {bias.device}")
