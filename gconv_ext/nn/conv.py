@@ -162,7 +162,12 @@ class _EquivariantConv(nn.Module):
         return (k, k), self.stride, self.padding, self.dilation
 
     def _check_input(self, x: torch.Tensor) -> None:
-        raise NotImplementedError
+        if self._lifting:
+            if x.dim() != 4 or x.shape[1] != self.in_channels:
+                raise ValueError(f"LiftingConv2d: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        elif x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.group.order:
+            raise ValueError(f"GroupConv2d: input must be [B, {self.in_channels}, |G| = {self.group.order}, H, W] "
+                             f"for {self.group.name}, got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -225,10 +230,6 @@ class LiftingConv2d(_EquivariantConv):
 
     _lifting = True
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"LiftingConv2d: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
-
 
 class GroupConv2d(_EquivariantConv):
     """Group convolution: ``[B, C_in, |G|, H, W] -> [B, C_out, |G|, H', W']``.
@@ -239,11 +240,6 @@ class GroupConv2d(_EquivariantConv):
     """
 
     _lifting = False
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 5 or x.shape[1] != self.in_channels or x.shape[2] != self.group.order:
-            raise ValueError(f"GroupConv2d: input must be [B, {self.in_channels}, |G| = {self.group.order}, H, W] "
-                             f"for {self.group.name}, got {tuple(x.shape)}")
 
 
 class ExportedGroupConv(nn.Module):

@@ -107,6 +107,7 @@ class InvariantPool(nn.Module):
 
 class _GroupSpatialPool(nn.Module):
     _name: str
+    _pool_fn: staticmethod  # F.max_pool2d or F.avg_pool2d
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
@@ -121,14 +122,12 @@ class _GroupSpatialPool(nn.Module):
     def _subsampling_geometry(self):
         return self.kernel_size, self.stride, self.padding, (1, 1)
 
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_map(self._name, x)
         if self.stride != (1, 1):
             warn_if_inexact(self, x)
-        return self._pool(x.flatten(1, 2)).unflatten(1, (x.shape[1], x.shape[2]))
+        pooled = self._pool_fn(x.flatten(1, 2), self.kernel_size, self.stride, self.padding)
+        return pooled.unflatten(1, (x.shape[1], x.shape[2]))
 
     def extra_repr(self) -> str:
         s = f"kernel_size={U.fmt_pair(self.kernel_size)}, stride={U.fmt_pair(self.stride)}"
@@ -142,18 +141,14 @@ class GroupMaxPool2d(_GroupSpatialPool):
     makes 90-degree equivariance inexact, e.g. a 2x2/2 pool on an odd size."""
 
     _name = "GroupMaxPool2d"
-
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+    _pool_fn = staticmethod(F.max_pool2d)
 
 
 class GroupAvgPool2d(_GroupSpatialPool):
     """Spatial average pooling of each group slice (zero padding counted), like :class:`GroupMaxPool2d`."""
 
     _name = "GroupAvgPool2d"
-
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+    _pool_fn = staticmethod(F.avg_pool2d)
 
 
 class GroupDropout(nn.Module):
