@@ -1,7 +1,8 @@
 """Reproduce "Group Equivariant CNNs Outperform Spatial Transformers on Tasks Which Require Rotation
 Invariance" on MNIST: GCNN, STN and a plain CNN, each trained upright and trained on rotated digits,
 evaluated on a FIXED rotated test set and per angle (0..355 degrees), written as a markdown table,
-CSVs and plots.
+CSVs and plots; each run folder also gets the figures of ``python -m gconv_ext visualize`` (filter
+banks and group feature maps for the GCNN, input warps for the STN).
 
 Budgets:
   smoke  seconds: tiny models, 512 training digits, 1 epoch (what the tests run)
@@ -29,6 +30,7 @@ import torch
 from gconv_ext.data.paths import atomic_write_bytes
 from gconv_ext.train.evaluate import evaluate_checkpoint, plot_per_angle, write_results_table
 from gconv_ext.train.loop import TrainConfig, train
+from gconv_ext.viz import visualize_checkpoint
 
 # (label, registry name, preset)
 MODELS = {
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             evaluate_checkpoint(run_dir / "best.pt", run_dir, args.data_dir, name=label, angles=angles,
                                 device="cuda" if args.device.startswith("cuda") else "cpu")
+            visualize_checkpoint(run_dir / "best.pt", run_dir, args.data_dir)
         result = json.loads(result_path.read_text())
         results.append(result)
         curve = {float(a): v for a, v in result["per_angle"].items()}

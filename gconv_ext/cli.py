@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m gconv_ext``."""
     parser = argparse.ArgumentParser(prog="python -m gconv_ext",
                                      description="Train and evaluate rotation-invariant MNIST models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,table}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,visualize,table}")
 
     t = sub.add_parser("train", help="train a model with the study's protocol")
     t.add_argument("--model", choices=available_models(), default="gcnn", help="model name (default gcnn: the study's C4/4/16 GCNN)")
@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-seed", type=_nonneg_int, default=0, help="seed of the fixed test angles (0)")
     e.add_argument("--angle-step", type=_positive_int, default=5, help="per-angle curve step in degrees (5)")
     _add_common(e)
+
+    v = sub.add_parser("visualize", help="PNG figures of a checkpoint: filter banks, group feature maps, STN warps")
+    v.add_argument("checkpoint", help="a best.pt / last.pt written by train")
+    v.add_argument("--out-dir", default=None, help="where to write the PNGs (default: the checkpoint's folder)")
+    v.add_argument("--data-dir", default=None, help="MNIST folder (default: the run's, else ../shared/data)")
 
     tb = sub.add_parser("table", help="markdown table of result.json files")
     tb.add_argument("results", nargs="+", help="result.json files or run folders")
@@ -251,6 +256,16 @@ def _cmd_table(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return 0
 
 
+def _cmd_visualize(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gconv_ext.viz import visualize_checkpoint  # noqa: PLC0415
+
+    if not Path(args.checkpoint).is_file():
+        parser.exit(2, f"error: checkpoint {args.checkpoint} not found\n")
+    for path in visualize_checkpoint(args.checkpoint, args.out_dir, args.data_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse errors raise ``SystemExit(2)``)."""
     parser = build_parser()
@@ -261,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _cmd_train(parser, args)
+        if args.command == "visualize":
+            return _cmd_visualize(parser, args)
         return _cmd_evaluate(parser, args)
     except (DataFileNotFoundError, DataFileError) as exc:
         parser.exit(2, f"error: {exc}\n")

@@ -1,0 +1,35 @@
+"""Smoke runs of the example scripts and the visualize command."""
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_reproduce_study_smoke(tmp_path, shared_data_dir):
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "examples/reproduce_study.py", "--budget", "smoke", "--out-dir", str(out),
+                           "--data-dir", str(shared_data_dir), "--quiet", "--threads", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "results.md").read_text()
+    for label in ("GCNN C4 (tiny)", "STN (tiny)", "CNN (tiny)"):
+        assert table.count(f"| {label} |") == 2  # upright and rotated
+    assert (out / "per_angle_trained_upright.png").stat().st_size > 1000
+    assert (out / "per_angle.csv").read_text().count("\n") == 1 + 6 * 4  # 6 runs x 4 angles
+    gcnn_run = out / "gcnn-c4-tiny-upright-seed0"
+    for name in ("filters_lifting.png", "filters_group.png", "group_feature_maps.png", "per_angle.png"):
+        assert (gcnn_run / name).is_file(), name
+    assert (out / "stn-tiny-rotated-seed0" / "stn_transforms.png").is_file()
+    # a second call finds every result and retrains nothing
+    again = subprocess.run([sys.executable, "examples/reproduce_study.py", "--budget", "smoke", "--out-dir",
+                            str(out), "--data-dir", str(shared_data_dir), "--quiet"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert again.returncode == 0 and again.stdout == proc.stdout
+    # the CLI's visualize command on one of those checkpoints
+    from gconv_ext.cli import main
+
+    assert main(["visualize", str(out / "stn-tiny-upright-seed0" / "best.pt"), "--out-dir", str(tmp_path / "vis"),
+                 "--data-dir", str(shared_data_dir)]) == 0
+    assert (tmp_path / "vis" / "stn_transforms.png").is_file()
