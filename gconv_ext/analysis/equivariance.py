@@ -229,6 +229,7 @@ def invariance_error(model: nn.Module, x: torch.Tensor, group: Group | str,
 def exact_input_sizes(model: nn.Module, group: Group | str, sizes: Iterable[int], channels: int = 1
                       ) -> dict[int, bool]:
     """``{size: exact}``: whether 90-degree equivariance of ``model`` is exact at a square input of each size
-    (:func:`gconv_ext.nn.check_exact` on ``(1, channels, size, size)``)."""
+    (:func:`gconv_ext.nn.check_exact` on ``(1, channels, size, size)``). A model whose head fixes the input
+    size (a Linear on flattened maps) runs only at that size: pass its convolutional part instead."""
     group = group_from_name(group)
     return {int(s): check_exact(model, (1, channels, int(s), int(s)), group).exact for s in sizes}
