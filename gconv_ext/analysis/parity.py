@@ -1,10 +1,10 @@
 """The input-size parity experiment of "Using and Abusing Equivariance" on MNIST.
 
-A C4 GCNN with one 2x2/2 max pool (:class:`ParityGCNN`) is exactly equivariant to 90-degree rotations only when the pool's input
-size is even: with a 3x3 unpadded lifting conv that means even input sizes (26, 28, 30 are exact, 27 and
-29 are not, :func:`gconv_ext.nn.check_exact` confirms). Trained on upright digits and tested on digits
-rotated by 0, 10, ..., 350 degrees, the exact network generalises to the rotated digits far better than the
-inexact one, which does better than a plain CNN (the paper: 87.3% vs about 66% vs 42.7%, 10k digits).
+A C4 GCNN with one 2x2/2 max pool (:class:`ParityGCNN`) is exactly equivariant to 90-degree rotations only
+when the pool's input size is even: with a 3x3 unpadded lifting conv that means even input sizes (26, 28, 30
+are exact, 27 and 29 are not, :func:`gconv_ext.nn.check_exact` confirms). Trained on upright digits and tested
+on digits rotated by 0, 10, ..., 350 degrees, the paper's exact network generalised to the rotated digits far
+better than the inexact one, which did better than a plain CNN (87.3% vs about 66% vs 42.7%, 10k digits).
 
 Input sizes (:func:`fit_size`): the 28x28 digit is cropped or zero-padded, symmetrically when the
 difference is even (26: one pixel off every side; 30: one pixel of padding on every side) and with the odd
