@@ -9,7 +9,7 @@ layer on the test digits.
 
     python examples/ien_mnist.py --budget smoke --out runs/ien
 
-Budgets: smoke (3000 train / 300 test digits, 2 epochs: seconds), small (5000/1000, 3 epochs).
+Budgets: smoke (2000 train / 300 test digits, 2 epochs: seconds), small (5000/1000, 3 epochs).
 Writes ien.csv (one row per beta) and summary.md into --out, atomically.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gconv_ext.analysis.report import markdown_table, write_csv, write_text
 from gconv_ext.data import load_mnist, normalize, rotate
 from gconv_ext.models import ien_cnn, ien_loss
 
-BUDGETS = {"smoke": dict(n_train=3000, n_test=300, epochs=2, channels=16, layers=4),
+BUDGETS = {"smoke": dict(n_train=2000, n_test=300, epochs=2, channels=16, layers=4),
            "small": dict(n_train=5000, n_test=1000, epochs=3, channels=32, layers=4)}
 
 
