@@ -352,6 +352,10 @@ def _write_sweep(cfg: RadioConfig, results: list[dict[str, Any]], root: Path) ->
         if r["base"] == "vanilla":
             ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla")
     ax.set_xscale("log", base=2)
+    ns = sorted({r["nrot"] for r in results if r["base"] != "vanilla"})
+    if ns:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
     ax.set_xlabel("N")
     ax.set_ylabel("test error")
     ax.set_title(f"{d['dataset']}, {t['epochs']} epoch(s)")
