@@ -1,7 +1,10 @@
-"""Models: the study's GCNN, the spatial transformer network (STN) and the plain CNN baseline."""
+"""Models: the study's GCNN, the spatial transformer network (STN), the plain CNN baseline, the IEN CNN
+and the radio-galaxy LeNets."""
 from gconv_ext.models.cnn import CNN, GCNN_C4_4_16_PARAMS, cnn_for_params, cnn_parameter_count
 from gconv_ext.models.gcnn import GCNN, GCNN_PRESETS, gcnn_parameter_count, gcnn_preset
 from gconv_ext.models.common import count_parameters, layer_norm_chw
+from gconv_ext.models.ien import IENCNN, ien_cnn, ien_loss
+from gconv_ext.models.lenet import EquivariantLeNet, VanillaLeNet, lenet, lenet_feature_size, pad_to_odd
 from gconv_ext.models.stn import STN, LocalizationNet, affine_warp, rotation_theta, stn_for_params, stn_parameter_count
 
 __all__ = [
@@ -21,4 +24,12 @@ __all__ = [
     "rotation_theta",
     "stn_for_params",
     "stn_parameter_count",
+    "IENCNN",
+    "ien_cnn",
+    "ien_loss",
+    "VanillaLeNet",
+    "EquivariantLeNet",
+    "lenet",
+    "lenet_feature_size",
+    "pad_to_odd",
 ]

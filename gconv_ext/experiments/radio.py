@@ -1,0 +1,363 @@
+"""Config-file-driven FRI/FRII radio-galaxy runs with the (equivariant) LeNets, after E2CNNRadGal.
+
+INI configuration (:mod:`configparser`); every key is optional and defaults to the value shown. Unknown
+sections or keys and malformed values raise :class:`ConfigError` naming the section and key.
+
+.. code-block:: ini
+
+    [model]
+    base = vanilla          ; vanilla | CN | DN
+    nrot = 4                ; N of C_N / D_N (ignored for vanilla)
+
+    [data]
+    dataset = frdeep-f      ; frdeep-f | frdeep-n | mirabest-early
+    datadir =               ; folder of the data sets (empty: gconv_ext's default data folder)
+    datamean = 0.0031       ; normalisation of the [0, 1] pixels: (x - datamean) / datastd
+    datastd = 0.0350
+
+    [training]
+    batch_size = 50
+    frac_val = 0.2          ; fraction of the training images held out for validation (seeded split)
+    epochs = 600
+    imsize = 150            ; images are centre-cropped to imsize (<= 150), then padded to imsize + 1
+    pad_to_odd = true       ; the paper's 150 -> 151 padding (false keeps 150: exact 90-degree equivariance)
+    num_classes = 2
+    lr0 = 1e-4              ; Adam learning rate
+    decay = 1e-6            ; Adam weight decay
+    seed = 0
+    augment_rotation = true ; random rotation of every training image by a uniform angle in [0, 360)
+    lr_factor = 0.9         ; ReduceLROnPlateau on the validation loss: factor and patience
+    lr_patience = 2
+    max_train = 0           ; use a seeded random subset of max_train training images (0: all; smoke runs)
+    max_test = 0            ; likewise for the test images
+
+    [output]
+    directory = runs/radio  ; everything below goes into this folder
+    csvfile = log.csv       ; per-epoch log
+    modfile = model.pt      ; the model with the lowest validation loss (state_dict + config)
+
+Training: Adam(lr0, weight_decay=decay), cross-entropy, ReduceLROnPlateau on the validation loss, the model
+with the lowest validation loss is kept and evaluated on the test set (test error = fraction misclassified).
+"""
+from __future__ import annotations
+
+import configparser
+import copy
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..analysis.report import markdown_table, save_figure, write_csv, write_text
+from ..data import atomic_torch_save, load_frdeep, load_mirabest_early, random_rotation
+from ..models.common import count_parameters
+from ..models.lenet import lenet, pad_to_odd
+
+__all__ = ["ConfigError", "RadioConfig", "parse_config", "load_config", "config_to_ini", "load_radio_data",
+           "run_config", "run_sweep", "SCHEMA"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration file: the message names the section and key."""
+
+
+def _bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text
+    return parse
+
+
+def _num(kind: type, minimum: float | None = None, maximum: float | None = None, strict: bool = False
+         ) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an int' if kind is int else 'a float'}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("expected a finite number")
+        if minimum is not None and (v <= minimum if strict else v < minimum):
+            raise ValueError(f"expected a value {'>' if strict else '>='} {minimum}")
+        if maximum is not None and v > maximum:
+            raise ValueError(f"expected a value <= {maximum}")
+        return v
+    return parse
+
+
+#: section -> key -> (parser, default): the documented keys (see the module docstring).
+SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
+    "model": {"base": (_choice("vanilla", "CN", "DN"), "vanilla"), "nrot": (_num(int, 1), 4)},
+    "data": {"dataset": (_choice("frdeep-f", "frdeep-n", "mirabest-early"), "frdeep-f"), "datadir": (str, ""),
+             "datamean": (_num(float), 0.0031), "datastd": (_num(float, 0.0, strict=True), 0.0350)},
+    "training": {"batch_size": (_num(int, 1), 50), "frac_val": (_num(float, 0.0, 0.9), 0.2),
+                 "epochs": (_num(int, 1), 600), "imsize": (_num(int, 8, 150), 150), "pad_to_odd": (_bool, True),
+                 "num_classes": (_num(int, 2), 2), "lr0": (_num(float, 0.0, strict=True), 1e-4),
+                 "decay": (_num(float, 0.0), 1e-6), "seed": (_num(int, 0), 0), "augment_rotation": (_bool, True),
+                 "lr_factor": (_num(float, 0.0, 1.0, strict=True), 0.9), "lr_patience": (_num(int, 0), 2),
+                 "max_train": (_num(int, 0), 0), "max_test": (_num(int, 0), 0)},
+    "output": {"directory": (str, "runs/radio"), "csvfile": (str, "log.csv"), "modfile": (str, "model.pt")},
+}
+
+
+@dataclasses.dataclass
+class RadioConfig:
+    """A parsed configuration: ``values[section][key]`` with every documented key present."""
+
+    values: dict[str, dict[str, Any]]
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    @property
+    def run_name(self) -> str:
+        """``vanilla``, ``C4``, ``D16``, ..."""
+        m = self.values["model"]
+        return "vanilla" if m["base"] == "vanilla" else f"{m['base'][0]}{m['nrot']}"
+
+    @property
+    def input_size(self) -> int:
+        t = self.values["training"]
+        return t["imsize"] + (1 if t["pad_to_odd"] else 0)
+
+    def replace(self, **sections: Mapping[str, Any]) -> "RadioConfig":
+        """A copy with some keys changed: ``cfg.replace(model={"base": "CN", "nrot": 8})`` (validated)."""
+        values = copy.deepcopy(self.values)
+        for section, kv in sections.items():
+            if section not in SCHEMA:
+                raise ConfigError(f"unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            for k, v in kv.items():
+                if k not in SCHEMA[section]:
+                    raise ConfigError(f"[{section}] unknown key {k!r} (known: {', '.join(SCHEMA[section])})")
+                values[section][k] = _parse_value(section, k, str(v).lower() if isinstance(v, bool) else str(v))
+        return RadioConfig(values)
+
+
+def _parse_value(section: str, key: str, text: str) -> Any:
+    parser, _ = SCHEMA[section][key]
+    try:
+        return parser(text.strip())
+    except ValueError as exc:
+        raise ConfigError(f"[{section}] {key} = {text!r}: {exc}") from None
+
+
+def parse_config(text: str, source: str = "<config>") -> RadioConfig:
+    """Parse INI text (see the module docstring); unknown sections/keys and bad values raise ConfigError."""
+    cp = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    try:
+        cp.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    values = {s: {k: d for k, (_, d) in keys.items()} for s, keys in SCHEMA.items()}
+    for section in cp.sections():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
+        for key, text_value in cp.items(section):
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: [{section}] unknown key {key!r} "
+                                  f"(known: {', '.join(SCHEMA[section])})")
+            try:
+                values[section][key] = _parse_value(section, key, text_value)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+    return RadioConfig(values)
+
+
+def load_config(path: str | os.PathLike[str]) -> RadioConfig:
+    """Read and parse an INI file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    return parse_config(p.read_text(), str(p))
+
+
+def config_to_ini(cfg: RadioConfig) -> str:
+    """The configuration as INI text (every key; parses back to the same values)."""
+    lines = []
+    for section, keys in cfg.values.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in keys.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    h = images.shape[-1]
+    if size >= h:
+        return images
+    a = (h - size) // 2
+    return images[..., a:a + size, a:a + size]
+
+
+def load_radio_data(cfg: RadioConfig) -> dict[str, torch.Tensor]:
+    """``{"train_x", "train_y", "test_x", "test_y"}``: float images in [0, 1] ``[N, 1, imsize, imsize]``
+    (centre-cropped, not yet padded or normalised), int64 labels; ``max_train``/``max_test`` pick a random
+    subset drawn with ``seed`` (the archives are ordered by class, so the first images would be one class)."""
+    d, t = cfg["data"], cfg["training"]
+    datadir = d["datadir"] or None
+    if d["dataset"] == "mirabest-early":
+        train, test = load_mirabest_early(datadir, "train"), load_mirabest_early(datadir, "test")
+    else:
+        survey = "FIRST" if d["dataset"] == "frdeep-f" else "NVSS"
+        train, test = load_frdeep(datadir, survey, "train"), load_frdeep(datadir, survey, "test")
+    out = {}
+    for name, (x, y), limit in (("train", train, t["max_train"]), ("test", test, t["max_test"])):
+        if limit and limit < x.shape[0]:
+            keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(t["seed"]))[:limit]
+            x, y = x[keep], y[keep]
+        out[f"{name}_x"] = _center_crop(x.float().div(255).unsqueeze(1), t["imsize"])
+        out[f"{name}_y"] = y
+    return out
+
+
+def _prepare(cfg: RadioConfig, x: torch.Tensor) -> torch.Tensor:
+    """Pad (150 -> 151 when ``pad_to_odd``) and normalise images in [0, 1]."""
+    if cfg["training"]["pad_to_odd"]:
+        x = pad_to_odd(x)
+    return (x - cfg["data"]["datamean"]) / cfg["data"]["datastd"]
+
+
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+    """(mean cross-entropy, error rate)."""
+    model.eval()
+    loss = wrong = 0.0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            logits = model(x[i:i + batch])
+            loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
+            wrong += (logits.argmax(1) != y[i:i + batch]).sum().item()
+    n = max(x.shape[0], 1)
+    return loss / n, wrong / n
+
+
+def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, log: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """Train and test one configuration; writes ``csvfile``, ``modfile`` and ``config.ini`` into
+    ``[output] directory`` atomically. Returns ``{"name", "base", "nrot", "params", "epochs", "best_epoch",
+    "best_val_loss", "val_error", "test_error", "seconds"}``."""
+    t_cfg, o_cfg = cfg["training"], cfg["output"]
+    data = load_radio_data(cfg) if data is None else data
+    torch.manual_seed(t_cfg["seed"])
+    gen = torch.Generator().manual_seed(t_cfg["seed"])
+    n = data["train_x"].shape[0]
+    perm = torch.randperm(n, generator=gen)
+    n_val = int(round(t_cfg["frac_val"] * n))
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    if len(tr_idx) == 0:
+        raise ConfigError(f"[training] frac_val = {t_cfg['frac_val']} leaves no training image out of {n}")
+    xtr, ytr = data["train_x"][tr_idx], data["train_y"][tr_idx]
+    xval, yval = _prepare(cfg, data["train_x"][val_idx]), data["train_y"][val_idx]
+    xte, yte = _prepare(cfg, data["test_x"]), data["test_y"]
+
+    model = lenet(cfg["model"]["base"], cfg["model"]["nrot"], 1, t_cfg["num_classes"], cfg.input_size)
+    opt = torch.optim.Adam(model.parameters(), lr=t_cfg["lr0"], weight_decay=t_cfg["decay"])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=t_cfg["lr_factor"],
+                                                       patience=t_cfg["lr_patience"])
+    out_dir = Path(o_cfg["directory"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "config.ini", config_to_ini(cfg))
+    rows: list[dict[str, Any]] = []
+    best = (math.inf, 0, math.nan)
+    t0 = time.perf_counter()
+    bs = t_cfg["batch_size"]
+    for epoch in range(1, t_cfg["epochs"] + 1):
+        model.train()
+        order = torch.randperm(len(tr_idx), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            x = xtr[idx]
+            if t_cfg["augment_rotation"]:
+                x, _ = random_rotation(x, gen)
+            loss = F.cross_entropy(model(_prepare(cfg, x)), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        val_loss, val_err = _evaluate(model, xval, yval, bs) if n_val else (total / len(tr_idx), math.nan)
+        sched.step(val_loss)
+        rows.append({"epoch": epoch, "train_loss": total / len(tr_idx), "val_loss": val_loss, "val_error": val_err,
+                     "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+        write_csv(out_dir / o_cfg["csvfile"], rows)
+        if val_loss < best[0]:
+            best = (val_loss, epoch, val_err)
+            atomic_torch_save({"state_dict": model.state_dict(), "config": cfg.values, "epoch": epoch},
+                              out_dir / o_cfg["modfile"])
+        log(f"{cfg.run_name} epoch {epoch}: train loss {rows[-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val error {val_err:.3f}")
+    model.load_state_dict(torch.load(out_dir / o_cfg["modfile"], weights_only=True)["state_dict"])
+    _, test_err = _evaluate(model, xte, yte, bs)
+    return {"name": cfg.run_name, "base": cfg["model"]["base"],
+            "nrot": 1 if cfg["model"]["base"] == "vanilla" else cfg["model"]["nrot"],
+            "params": count_parameters(model), "epochs": t_cfg["epochs"], "best_epoch": best[1],
+            "best_val_loss": best[0], "val_error": best[2], "test_error": test_err,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: tuple[str, ...] = ("CN", "DN"),
+              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The vanilla LeNet and ``base`` x ``nrots`` from one base configuration, each in its own folder
+    ``<directory>/<name>``; writes ``results.csv``, ``results.md`` and ``test_error_vs_N.png`` into
+    ``<directory>`` (atomically, updated after every run). Returns the result rows."""
+    data = load_radio_data(cfg)
+    root = Path(cfg["output"]["directory"])
+    runs = [cfg.replace(model={"base": "vanilla"})] + [cfg.replace(model={"base": b, "nrot": n})
+                                                       for b in bases for n in nrots]
+    results: list[dict[str, Any]] = []
+    for run in runs:
+        run = run.replace(output={"directory": str(root / run.run_name)})
+        results.append(run_config(run, data, log))
+        log(f"{results[-1]['name']}: test error {results[-1]['test_error']:.3f} ({results[-1]['seconds']:.0f}s)")
+        _write_sweep(cfg, results, root)
+    return results
+
+
+def _write_sweep(cfg: RadioConfig, results: list[dict[str, Any]], root: Path) -> None:
+    write_csv(root / "results.csv", results)
+    t, d = cfg["training"], cfg["data"]
+    table = markdown_table(results, ["name", "params", "epochs", "best_epoch", "val_error", "test_error", "seconds"],
+                           ["model", "parameters", "epochs", "best epoch (val loss)", "val error", "test error",
+                            "seconds"], fmt="{:.3f}")
+    write_text(root / "results.md",
+               f"# Radio galaxies: LeNet sweep ({d['dataset']})\n\n{t['epochs']} epoch(s), batch {t['batch_size']}, "
+               f"Adam lr {t['lr0']} (weight decay {t['decay']}), imsize {t['imsize']} -> input {cfg.input_size}, "
+               f"rotation augmentation {'on' if t['augment_rotation'] else 'off'}, seed {t['seed']}"
+               f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
+               f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}.\n\n{table}")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for base, marker in (("CN", "o"), ("DN", "s")):
+        pts = sorted((r["nrot"], r["test_error"]) for r in results if r["base"] == base)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{base[0]}_N")
+    for r in results:
+        if r["base"] == "vanilla":
+            ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla")
+    ax.set_xscale("log", base=2)
+    ns = sorted({r["nrot"] for r in results if r["base"] != "vanilla"})
+    if ns:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+    ax.set_xlabel("N")
+    ax.set_ylabel("test error")
+    ax.set_title(f"{d['dataset']}, {t['epochs']} epoch(s)")
+    ax.legend()
+    save_figure(fig, root / "test_error_vs_N.png")

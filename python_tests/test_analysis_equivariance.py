@@ -1,0 +1,154 @@
+"""Tests for gconv_ext.analysis: layer-wise equivariance errors, exact input sizes, the parity experiment
+and learning unequivariance (Using and Abusing Equivariance)."""
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from gconv_ext.analysis import (LN2, ParityCNN, ParityGCNN, average_over_batches, exact_input_sizes, fit_size,
+                                invariance_error, layer_equivariance_errors, learn_unequivariance)
+from gconv_ext.nn import EquivarianceWarning
+
+from conftest import REPO
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: thread hand-offs cost more than they save on a shared CPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EquivarianceWarning)  # the inexact sizes are inexact on purpose
+        yield
+    torch.set_num_threads(n)
+
+
+def _model(group: str = "C4") -> ParityGCNN:
+    torch.manual_seed(0)
+    return ParityGCNN(4, group, depth=2).eval()
+
+
+def test_exact_size_every_layer_is_exact():
+    errs = layer_equivariance_errors(_model(), torch.rand(2, 1, 28, 28), "C4")
+    assert list(errs) == [f"features.{i}" for i in range(10)]  # 3 convs, 3 BN, 3 ReLU, 1 pool in order
+    for name, e in errs.items():
+        assert e["relative"] < 1e-5 and e["l1"] < 1e-5, (name, e)
+
+
+def test_reflections_exact_for_d4():
+    errs = layer_equivariance_errors(_model("D4"), torch.rand(1, 1, 26, 26), "D4")
+    assert max(e["relative"] for e in errs.values()) < 1e-5
+
+
+def test_inexact_size_breaks_after_the_pool():
+    errs = layer_equivariance_errors(_model(), torch.rand(2, 1, 27, 27), "C4")
+    before = [errs[f"features.{i}"]["relative"] for i in range(3)]  # lifting conv, BN, ReLU at 27 -> 25
+    after = [errs[f"features.{i}"]["relative"] for i in range(3, 10)]  # pool of 25: odd, inexact
+    assert max(before) < 1e-5
+    assert min(after) > 1e-2
+
+
+def test_l1_summed_and_relative_averaged_over_elements():
+    model, x = _model(), torch.rand(2, 1, 27, 27)
+    total = layer_equivariance_errors(model, x, "C4", layers=["features.3"])["features.3"]
+    single = [layer_equivariance_errors(model, x, "C4", elements=[g], layers=["features.3"])["features.3"]
+              for g in (1, 2, 3)]
+    assert total["l1"] == pytest.approx(sum(s["l1"] for s in single), rel=1e-9)
+    assert total["relative"] == pytest.approx(sum(s["relative"] for s in single) / 3, rel=1e-9)
+
+
+def test_planar_maps_and_kinds():
+    torch.manual_seed(0)
+    cnn = ParityCNN(4, depth=1).eval()
+    errs = layer_equivariance_errors(cnn, torch.rand(2, 1, 28, 28), "C4")
+    assert len(errs) == 7 and all(e["relative"] > 1e-3 for e in errs.values())  # a plain CNN is not equivariant
+    assert layer_equivariance_errors(cnn, torch.rand(2, 1, 28, 28), "C4", kinds=["group"]) == {}
+    # a 4-D map of a group network after GroupPool is planar and exactly equivariant
+    from gconv_ext.nn import GroupPool, LiftingConv2d
+    net = nn.Sequential(LiftingConv2d(1, 3, 3, "C4"), GroupPool("max"))
+    errs = layer_equivariance_errors(net, torch.rand(1, 1, 9, 9), "C4")
+    assert errs["1"]["relative"] < 1e-6 and errs["0"]["relative"] < 1e-6
+
+
+def test_bad_arguments_are_named():
+    model = _model()
+    with pytest.raises(ValueError, match="nope"):
+        layer_equivariance_errors(model, torch.rand(1, 1, 28, 28), "C4", layers=["nope"])
+    with pytest.raises(ValueError, match="classifier"):  # explicit layer with a non-spatial output
+        layer_equivariance_errors(model, torch.rand(1, 1, 28, 28), "C4", layers=["classifier"])
+    with pytest.raises(ValueError, match="kinds"):
+        layer_equivariance_errors(model, torch.rand(1, 1, 28, 28), "C4", kinds=["vector"])
+    with pytest.raises(ValueError, match="square"):
+        layer_equivariance_errors(model, torch.rand(1, 1, 28, 27), "C4")
+
+
+def test_average_over_batches_and_mode_restored():
+    model = _model().train()
+    batches = [(torch.rand(2, 1, 27, 27), torch.zeros(2)) for _ in range(3)]
+    avg = average_over_batches(model, batches, "C4", layers=["features.3"])
+    each = [layer_equivariance_errors(model, b[0], "C4", layers=["features.3"])["features.3"]["l1"] for b in batches]
+    assert avg["features.3"]["l1"] == pytest.approx(sum(each) / 3, rel=1e-9)
+    assert model.training  # measured in eval mode, mode restored
+    assert average_over_batches(model, batches, "C4", layers=["features.3"], max_batches=1)["features.3"]["l1"] \
+        == pytest.approx(each[0], rel=1e-9)
+
+
+def test_invariance_error_of_logits():
+    model = _model()
+    assert invariance_error(model, torch.rand(2, 1, 28, 28), "C4")["max_abs"] < 1e-5
+    assert invariance_error(model, torch.rand(2, 1, 29, 29), "C4")["relative"] > 1e-4
+
+
+def test_exact_input_sizes_paper_sizes():
+    assert exact_input_sizes(_model(), "C4", range(26, 31)) == {26: True, 27: False, 28: True, 29: False, 30: True}
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2, padding=1))
+    assert exact_input_sizes(net, "C4", [32, 33]) == {32: False, 33: True}
+
+
+def test_fit_size():
+    x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
+    assert torch.equal(fit_size(x, 26), x[..., 1:27, 1:27])
+    assert torch.equal(fit_size(x, 27), x[..., :27, :27])
+    assert torch.equal(fit_size(x, 30)[..., 1:29, 1:29], x) and fit_size(x, 30)[..., 0, :].abs().sum() == 0
+    y = fit_size(x, 29)
+    assert torch.equal(y[..., :28, :28], x) and y[..., 28, :].abs().sum() == 0 and y[..., :, 28].abs().sum() == 0
+
+
+def test_learning_unequivariance():
+    inexact = learn_unequivariance(32, steps=150)
+    exact = learn_unequivariance(33, steps=150)
+    assert abs(inexact[0] - LN2) < 0.1 and abs(exact[0] - LN2) < 0.1
+    assert inexact[-1] < 0.5
+    assert exact[-1] > 0.65 and min(exact) > LN2 - 1e-4  # exact invariance: never below ln 2
+
+
+def test_learning_unequivariance_example(tmp_path):
+    out = tmp_path / "uneq"
+    subprocess.run([sys.executable, str(REPO / "examples" / "learning_unequivariance.py"), "--steps", "60",
+                    "--out", str(out)], check=True, capture_output=True, timeout=60)
+    rows = list(csv.DictReader(open(out / "losses.csv")))
+    assert len(rows) == 60 and set(rows[0]) == {"step", "loss_32", "loss_33"}
+    assert (out / "losses.png").stat().st_size > 1000 and "ln 2" in (out / "summary.md").read_text()
+
+
+def test_parity_example_smoke(tmp_path, shared_data_dir):
+    out = tmp_path / "parity"
+    subprocess.run([sys.executable, str(REPO / "examples" / "parity_mnist.py"), "--budget", "smoke", "--out",
+                    str(out), "--data-dir", str(shared_data_dir)], check=True, capture_output=True, timeout=60)
+    rows = list(csv.DictReader(open(out / "parity.csv")))
+    assert [(r["model"], r["size"], r["exact"]) for r in rows] == [
+        ("gcnn_c4", "28", "True"), ("gcnn_c4", "27", "False"), ("cnn_z2", "28", "False")]
+    for r in rows:
+        accs = [float(r[f"acc_{a}"]) for a in range(0, 360, 10)]
+        assert math.isclose(float(r["mean_acc"]), sum(accs) / 36, abs_tol=1e-4)
+    exact = rows[0]
+    # exact C4 invariance: identical accuracy at 0, 90, 180, 270 degrees
+    assert exact["acc_0"] == exact["acc_90"] == exact["acc_180"] == exact["acc_270"]
+    assert (out / "parity.png").stat().st_size > 1000
+    assert "mean acc. over 36 angles" in (out / "summary.md").read_text()
