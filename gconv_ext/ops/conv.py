@@ -69,7 +69,7 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
     if not x.is_floating_point():
         raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
     # Under torch.autocast the op casts input, weight and bias itself (csrc/autocast.cpp).
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
     if x.dtype != weight.dtype and not autocast:
         raise TypeError(f"gconv_ext: input and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
     if x.device != weight.device:
