@@ -1,5 +1,6 @@
 // Operator schemas (the one TORCH_LIBRARY block), the filter-transform host functions and the CPU/CUDA
-// registrations (the fused convolutions live in conv.cpp, group pooling in group_pool.cpp).
+// registrations (the fused convolutions live in conv.cpp, group pooling in group_pool.cpp, spatial pooling in
+// spatial_pool.cpp).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -124,6 +125,17 @@ TORCH_LIBRARY(gconv_ext, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def("group_pool(Tensor input, str mode) -> Tensor");
   m.def("group_pool_backward(Tensor grad_out, Tensor input, str mode) -> Tensor");
+  m.def("group_max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def("group_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def(
+      "group_max_pool2d_backward(Tensor grad_out, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> Tensor");
+  m.def(
+      "group_avg_pool2d_backward(Tensor grad_out, SymInt[] input_size, int[2] kernel_size, int[2] stride, "
+      "int[2] padding) -> Tensor");
+  m.def(
+      "group_max_pool2d_gather(Tensor values, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
@@ -137,6 +149,11 @@ TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
   m.impl("group_conv2d_backward", &group_conv2d_backward);
   m.impl("group_pool", &group_pool);
   m.impl("group_pool_backward", &group_pool_backward);
+  m.impl("group_max_pool2d", &group_max_pool2d);
+  m.impl("group_avg_pool2d", &group_avg_pool2d);
+  m.impl("group_max_pool2d_backward", &group_max_pool2d_backward);
+  m.impl("group_avg_pool2d_backward", &group_avg_pool2d_backward);
+  m.impl("group_max_pool2d_gather", &group_max_pool2d_gather);
 }
 
 #ifdef GCONV_EXT_WITH_CUDA
@@ -151,6 +168,11 @@ TORCH_LIBRARY_IMPL(gconv_ext, CUDA, m) {
   m.impl("group_conv2d_backward", &group_conv2d_backward);
   m.impl("group_pool", &group_pool);
   m.impl("group_pool_backward", &group_pool_backward);
+  m.impl("group_max_pool2d", &group_max_pool2d);
+  m.impl("group_avg_pool2d", &group_avg_pool2d);
+  m.impl("group_max_pool2d_backward", &group_max_pool2d_backward);
+  m.impl("group_avg_pool2d_backward", &group_avg_pool2d_backward);
+  m.impl("group_max_pool2d_gather", &group_max_pool2d_gather);
 }
 #endif
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..groups import Group
-from ..ops import group_pool
+from ..ops import group_avg_pool2d, group_max_pool2d, group_pool
 from . import _utils as U
 from .exactness import warn_if_inexact
 
@@ -107,7 +107,7 @@ class InvariantPool(nn.Module):
 
 class _GroupSpatialPool(nn.Module):
     _name: str
-    _pool_fn: staticmethod  # F.max_pool2d or F.avg_pool2d
+    _pool_fn: staticmethod  # gconv_ext.ops.group_max_pool2d or group_avg_pool2d
 
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
@@ -126,8 +126,7 @@ class _GroupSpatialPool(nn.Module):
         _check_group_map(self._name, x)
         if self.stride != (1, 1):
             warn_if_inexact(self, x)
-        pooled = self._pool_fn(x.flatten(1, 2), self.kernel_size, self.stride, self.padding)
-        return pooled.unflatten(1, (x.shape[1], x.shape[2]))
+        return self._pool_fn(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         s = f"kernel_size={U.fmt_pair(self.kernel_size)}, stride={U.fmt_pair(self.stride)}"
@@ -135,20 +134,22 @@ class _GroupSpatialPool(nn.Module):
 
 
 class GroupMaxPool2d(_GroupSpatialPool):
-    """Spatial max pooling of each group slice: ``[B, C, |G|, H, W] -> [B, C, |G|, H', W']``.
+    """Spatial max pooling of each group slice: ``[B, C, |G|, H, W] -> [B, C, |G|, H', W']`` (the custom
+    operator :func:`gconv_ext.ops.group_max_pool2d`; ties go to the first maximal element of a window).
 
     ``stride`` defaults to ``kernel_size``. Warns once (:class:`EquivarianceWarning`) when the input size
     makes 90-degree equivariance inexact, e.g. a 2x2/2 pool on an odd size."""
 
     _name = "GroupMaxPool2d"
-    _pool_fn = staticmethod(F.max_pool2d)
+    _pool_fn = staticmethod(group_max_pool2d)
 
 
 class GroupAvgPool2d(_GroupSpatialPool):
-    """Spatial average pooling of each group slice (zero padding counted), like :class:`GroupMaxPool2d`."""
+    """Spatial average pooling of each group slice (zero padding counted), like :class:`GroupMaxPool2d`
+    (:func:`gconv_ext.ops.group_avg_pool2d`)."""
 
     _name = "GroupAvgPool2d"
-    _pool_fn = staticmethod(F.avg_pool2d)
+    _pool_fn = staticmethod(group_avg_pool2d)
 
 
 class GroupDropout(nn.Module):

@@ -16,6 +16,12 @@ defined in C++ (``csrc/conv.cpp``). Here:
 ``torch.ops.gconv_ext.group_pool(input, mode)`` and ``group_pool_backward(grad_out, input, mode)``: the
 backward is linear in ``grad_out`` and piecewise constant in ``input``; its adjoint is the mean pool
 (mean) or the gather at the first argmax (max).
+
+Spatial pooling that keeps the group axis, ``torch.ops.gconv_ext.group_{max,avg}_pool2d(input,
+kernel_size, stride, padding)``, with ``group_max_pool2d_backward(grad_out, input, ...)`` (argmax
+recomputed, no stored indices), ``group_avg_pool2d_backward(grad_out, input_size, ...)`` and
+``group_max_pool2d_gather(values, input, ...)`` (``values`` at each window's argmax of ``input``: the
+adjoint of the max backward), so every derivative is again one of these ops.
 """
 from __future__ import annotations
 
@@ -141,8 +147,104 @@ def _register_group_pool() -> None:
                                     setup_context=setup_pool_backward)
 
 
+def _register_spatial_pool() -> None:
+    ops = torch.ops.gconv_ext
+
+    def out_shape(input_shape, kernel_size, stride, padding):
+        shape = list(input_shape)
+        torch._check(len(shape) in (4, 5), lambda: f"gconv_ext: input must be 4-D or 5-D, got {len(shape)}-D")
+        torch._check(len(kernel_size) == 2 and len(stride) == 2 and len(padding) == 2,
+                     lambda: "gconv_ext: kernel_size, stride and padding must have 2 elements")
+        torch._check(min(kernel_size) >= 1 and min(stride) >= 1 and min(padding) >= 0,
+                     lambda: "gconv_ext: kernel_size and stride must be >= 1, padding >= 0")
+        for d in range(2):
+            size, k, s, p = shape[-2 + d], kernel_size[d], stride[d], padding[d]
+            torch._check(2 * p <= k, lambda: "gconv_ext: padding must be at most half the kernel size")
+            torch._check(size >= 1 and size + 2 * p >= k,
+                         lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k}, padding {p}")
+            shape[-2 + d] = (size + 2 * p - k) // s + 1
+        return shape
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d")
+    def _(input, kernel_size, stride, padding):
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_avg_pool2d")
+    def _(input, kernel_size, stride, padding):
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_gather")
+    def _(values, input, kernel_size, stride, padding):
+        torch._check(values.shape == input.shape, lambda: "gconv_ext: values must have the shape of input")
+        torch._check(values.dtype == input.dtype, lambda: "gconv_ext: values must have the dtype of input")
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_backward")
+    def _(grad_out, input, kernel_size, stride, padding):
+        expected = out_shape(input.shape, kernel_size, stride, padding)
+        torch._check(list(grad_out.shape) == expected,
+                     lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
+        torch._check(grad_out.dtype == input.dtype, lambda: "gconv_ext: grad_out must have the dtype of input")
+        return input.new_empty(input.shape)
+
+    @torch.library.register_fake("gconv_ext::group_avg_pool2d_backward")
+    def _(grad_out, input_size, kernel_size, stride, padding):
+        expected = out_shape(input_size, kernel_size, stride, padding)
+        torch._check(list(grad_out.shape) == expected,
+                     lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
+        return grad_out.new_empty(input_size)
+
+    # Autograd. The max backward and the gather are linear in grad_out / values and adjoint to each
+    # other; both depend on input only through the argmax (piecewise constant: zero derivative almost
+    # everywhere). The avg forward and backward are linear and adjoint to each other.
+    def setup_max(ctx, inputs, output):
+        input, *ctx.params = inputs
+        ctx.save_for_backward(input)
+
+    def backward_max(ctx, grad):
+        (input,) = ctx.saved_tensors
+        return ops.group_max_pool2d_backward(grad, input, *ctx.params), None, None, None
+
+    def setup_max_linear(ctx, inputs, output):  # max backward (grad_out, input, ..) and gather (values, input, ..)
+        _, input, *ctx.params = inputs
+        ctx.save_for_backward(input)
+
+    def backward_max_backward(ctx, gg):
+        (input,) = ctx.saved_tensors
+        g = ops.group_max_pool2d_gather(gg, input, *ctx.params) if ctx.needs_input_grad[0] else None
+        return g, None, None, None, None
+
+    def backward_gather(ctx, grad):
+        (input,) = ctx.saved_tensors
+        g = ops.group_max_pool2d_backward(grad, input, *ctx.params) if ctx.needs_input_grad[0] else None
+        return g, None, None, None, None
+
+    def setup_avg(ctx, inputs, output):
+        input, *ctx.params = inputs
+        ctx.input_size = list(input.shape)
+
+    def backward_avg(ctx, grad):
+        return ops.group_avg_pool2d_backward(grad, ctx.input_size, *ctx.params), None, None, None
+
+    def setup_avg_backward(ctx, inputs, output):
+        _, _, *ctx.params = inputs
+
+    def backward_avg_backward(ctx, gg):
+        return ops.group_avg_pool2d(gg, *ctx.params), None, None, None, None
+
+    torch.library.register_autograd("gconv_ext::group_max_pool2d", backward_max, setup_context=setup_max)
+    torch.library.register_autograd("gconv_ext::group_max_pool2d_backward", backward_max_backward,
+                                    setup_context=setup_max_linear)
+    torch.library.register_autograd("gconv_ext::group_max_pool2d_gather", backward_gather,
+                                    setup_context=setup_max_linear)
+    torch.library.register_autograd("gconv_ext::group_avg_pool2d", backward_avg, setup_context=setup_avg)
+    torch.library.register_autograd("gconv_ext::group_avg_pool2d_backward", backward_avg_backward,
+                                    setup_context=setup_avg_backward)
+
+
 def _register() -> None:
     _register_group_pool()
+    _register_spatial_pool()
     ops = torch.ops.gconv_ext
 
     for lifting, fwd, bwd in ((True, ops.lifting_conv2d, ops.lifting_conv2d_backward),

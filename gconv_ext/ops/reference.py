@@ -35,6 +35,8 @@ __all__ = [
     "lifting_conv2d",
     "group_conv2d",
     "group_pool",
+    "group_max_pool2d",
+    "group_avg_pool2d",
     "rotate_bilinear",
     "lift_filter_grid_sample",
     "group_filter_grid_sample",
@@ -142,6 +144,24 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
     """Reference group pooling ``[B, C, |G|, H, W] -> [B, C, H, W]`` (max or mean over the group axis)."""
     return x.amax(dim=2) if mode == "max" else x.mean(dim=2)
+
+
+def _spatial_pool(fn, x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    if x.dim() == 4:
+        return fn(x, kernel_size, stride, padding)
+    out = fn(x.flatten(1, 2), kernel_size, stride, padding)
+    return out.unflatten(1, (x.shape[1], x.shape[2]))
+
+
+def group_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Reference spatial max pooling of every group slice: ``F.max_pool2d`` on ``x.flatten(1, 2)``
+    (``[B, C, |G|, H, W] -> [B, C, |G|, H', W']``; 4-D input as is)."""
+    return _spatial_pool(F.max_pool2d, x, kernel_size, kernel_size if stride is None else stride, padding)
+
+
+def group_avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Reference spatial average pooling of every group slice (``F.avg_pool2d``, zero padding counted)."""
+    return _spatial_pool(F.avg_pool2d, x, kernel_size, kernel_size if stride is None else stride, padding)
 
 
 def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:

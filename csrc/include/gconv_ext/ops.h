@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "gconv_ext/plan.h"
+#include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
 
@@ -48,6 +49,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_conv2d_backward(
 at::Tensor group_pool(const at::Tensor& input, c10::string_view mode);
 at::Tensor group_pool_backward(const at::Tensor& grad_out, const at::Tensor& input, c10::string_view mode);
 
+// Spatial pooling that keeps the group axis (spatial_pool.cpp): every [H, W] plane of [B, C, |G|, H, W]
+// (or [B, C, H, W]) pooled on its own. Max: padding is -inf, the gradient goes to the first maximal
+// element of each window (recomputed, not stored); avg: zero padding counted. `gather` reads `values` at
+// the argmax of each window of `input` (the adjoint of the max backward, for double backward).
+at::Tensor group_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding);
+at::Tensor group_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding);
+at::Tensor group_max_pool2d_backward(const at::Tensor& grad_out, const at::Tensor& input, at::IntArrayRef kernel_size,
+                                     at::IntArrayRef stride, at::IntArrayRef padding);
+at::Tensor group_avg_pool2d_backward(const at::Tensor& grad_out, c10::SymIntArrayRef input_size,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding);
+at::Tensor group_max_pool2d_gather(const at::Tensor& values, const at::Tensor& input, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding);
+
 // Launchers: `out` is preallocated and contiguous, `in` contiguous. Defined per backend.
 void transform_forward_cpu(const at::Tensor& in, at::Tensor& out, const DevicePlan& plan, const TransformSizes& s);
 void transform_backward_cpu(const at::Tensor& grad_out, at::Tensor& grad_in, const DevicePlan& plan,
@@ -56,7 +72,17 @@ void transform_backward_cpu(const at::Tensor& grad_out, at::Tensor& grad_in, con
 void group_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, int64_t order, int64_t hw, bool max);
 void group_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in, int64_t order,
                              int64_t hw, bool max);
+// Spatial pooling launchers: `in`, `values`, `grad_out` contiguous [N.., H, W] / [N.., OH, OW] (`in` undefined
+// for the avg backward), outputs preallocated and non-empty.
+void spatial_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max);
+void spatial_pool_gather_cpu(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g);
+void spatial_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in,
+                               const Pool2dGeom& g, bool max);
 #ifdef GCONV_EXT_WITH_CUDA
+void spatial_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max);
+void spatial_pool_gather_cuda(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g);
+void spatial_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in,
+                                const Pool2dGeom& g, bool max);
 void group_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, int64_t order, int64_t hw, bool max);
 void group_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in, int64_t order,
                               int64_t hw, bool max);

@@ -1,0 +1,102 @@
+// CUDA launches of the shared per-element spatial-pooling arithmetic (spatial_pool.h): grid-stride
+// kernels, one thread per output element (forward, gather) or per input element (backward: a gather
+// over the covering windows, the argmax recomputed; deterministic, no atomics).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "gconv_ext/ops.h"
+#include "gconv_ext/spatial_pool.h"
+
+namespace gconv_ext {
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(65535) * 8); }
+
+template <typename scalar_t>
+__global__ void spatial_pool_forward_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n,
+                                            Pool2dGeom g, bool max) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t per_plane = g.oh * g.ow;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t p = i / per_plane, o = i % per_plane, oy = o / g.ow, ox = o % g.ow;
+    const scalar_t* plane = in + p * g.h * g.w;
+    int64_t arg;
+    out[i] = static_cast<scalar_t>(max ? max_pool_window<acc_t>(plane, g, oy, ox, &arg)
+                                       : avg_pool_window<acc_t>(plane, g, oy, ox));
+  }
+}
+
+template <typename scalar_t>
+__global__ void spatial_pool_gather_kernel(const scalar_t* __restrict__ values, const scalar_t* __restrict__ in,
+                                           scalar_t* __restrict__ out, int64_t n, Pool2dGeom g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t per_plane = g.oh * g.ow;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t p = i / per_plane, o = i % per_plane, oy = o / g.ow, ox = o % g.ow;
+    int64_t arg;
+    max_pool_window<acc_t>(in + p * g.h * g.w, g, oy, ox, &arg);
+    out[i] = static_cast<scalar_t>(pool_tap_value<acc_t>(values + p * g.h * g.w, g, oy, ox, arg));
+  }
+}
+
+template <typename scalar_t>
+__global__ void spatial_pool_backward_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ in,
+                                             scalar_t* __restrict__ grad_in, int64_t n, Pool2dGeom g, bool max) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t per_plane = g.h * g.w;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t p = i / per_plane, q = i % per_plane, y = q / g.w, x = q % g.w;
+    grad_in[i] = static_cast<scalar_t>(pool_backward_at<acc_t>(grad_out + p * g.oh * g.ow,
+                                                               max ? in + p * per_plane : in, g, y, x, max));
+  }
+}
+
+}  // namespace
+
+void spatial_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max) {
+  const c10::cuda::CUDAGuard guard(in.device());
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_cuda", [&] {
+    spatial_pool_forward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+        in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, g, max);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void spatial_pool_gather_cuda(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g) {
+  const c10::cuda::CUDAGuard guard(in.device());
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_gather_cuda",
+                                  [&] {
+    spatial_pool_gather_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+        values.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void spatial_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in,
+                                const Pool2dGeom& g, bool max) {
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const int64_t n = grad_in.numel();
+  if (n == 0) return;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
+                                  "gconv_ext_spatial_pool_backward_cuda", [&] {
+    spatial_pool_backward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+        grad_out.const_data_ptr<scalar_t>(), max ? in.const_data_ptr<scalar_t>() : nullptr,
+        grad_in.mutable_data_ptr<scalar_t>(), n, g, max);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace gconv_ext

@@ -1,0 +1,280 @@
+"""Spatial pooling that keeps the group axis (group_max_pool2d / group_avg_pool2d custom operators):
+reference, ties and NaN, gradients, double backward, registration, bad inputs, CUDA against CPU."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gconv_ext import _extension
+from gconv_ext import nn as gnn
+from gconv_ext.ops import group_avg_pool2d, group_max_pool2d, reference
+
+pytestmark = pytest.mark.skipif(not _extension.available(), reason="compiled extension not built")
+ops = torch.ops.gconv_ext
+POOLS = {"max": (group_max_pool2d, reference.group_max_pool2d), "avg": (group_avg_pool2d, reference.group_avg_pool2d)}
+
+
+def _random_cases(n, seed):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < n:
+        k = (rng.randint(1, 3), rng.randint(1, 3))
+        s = (rng.randint(1, 3), rng.randint(1, 3))
+        p = (rng.randint(0, k[0] // 2), rng.randint(0, k[1] // 2))
+        h, w = rng.randint(max(1, k[0] - 2 * p[0]), 9), rng.randint(max(1, k[1] - 2 * p[1]), 9)
+        lead = (rng.randint(1, 3), rng.randint(1, 3)) + ((rng.randint(1, 4),) if rng.random() < 0.6 else ())
+        cases.append((lead + (h, w), k, s, p))
+    return cases
+
+
+CASES = _random_cases(40, 0)
+
+
+def _no_ties(shape, dtype=torch.float64):
+    """Distinct values (a random permutation), so every window has a unique maximum."""
+    n = 1
+    for d in shape:
+        n *= d
+    return (torch.randperm(n, dtype=torch.float64) / n - 0.5).reshape(shape).to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}")
+def test_matches_reference_float64(kind, case):
+    shape, k, s, p = case
+    ours, ref = POOLS[kind]
+    x = torch.randn(shape, dtype=torch.float64)
+    out = ours(x, k, s, p)
+    want = ref(x, k, s, p)
+    assert out.shape == want.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, want, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", CASES[:20], ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}")
+def test_gradients_match_reference_without_ties(kind, case):
+    shape, k, s, p = case
+    ours, ref = POOLS[kind]
+    x = _no_ties(shape).requires_grad_()
+    grad = torch.randn(ref(x, k, s, p).shape, dtype=torch.float64)
+    (got,) = torch.autograd.grad(ours(x, k, s, p), x, grad)
+    (want,) = torch.autograd.grad(ref(x, k, s, p), x, grad)
+    torch.testing.assert_close(got, want, atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2), (torch.float16, 1e-3)])
+@pytest.mark.parametrize("case", CASES[:8], ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}")
+def test_low_precision_dtypes(kind, dtype, tol, case):
+    shape, k, s, p = case
+    ours, ref = POOLS[kind]
+    x = _no_ties(shape, dtype).requires_grad_()
+    out = ours(x, k, s, p)
+    assert out.dtype == dtype
+    # the oracle in float64 on the same (rounded) values
+    x64 = x.detach().double().requires_grad_()
+    want = ref(x64, k, s, p)
+    torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
+    grad = torch.randn(out.shape).to(dtype)
+    (got,) = torch.autograd.grad(out, x, grad)
+    (want_g,) = torch.autograd.grad(want, x64, grad.double())
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want_g, atol=tol, rtol=tol)
+
+
+def test_constant_input_gradient_goes_to_the_first_maximum():
+    # every window ties: the gradient goes to the first element (row-major) of each window
+    x = torch.ones(1, 1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    group_max_pool2d(x, 2, 1).sum().backward()
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    expected[:3, :3] = 1.0
+    assert torch.equal(x.grad[0, 0, 0], expected)
+    # torch's CPU max_pool2d breaks ties the same way
+    y = torch.ones(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    F.max_pool2d(y, 2, 1).sum().backward()
+    assert torch.equal(y.grad[0, 0], expected)
+
+
+def test_ties_with_padding_and_minus_inf():
+    # all -inf: like torch, the argmax is the first in-plane element, never a padding position
+    x = torch.full((1, 1, 3, 3), float("-inf"), dtype=torch.float64, requires_grad=True)
+    out = group_max_pool2d(x, 3, 1, 1)
+    assert torch.isneginf(out).all()
+    out.sum().backward()
+    y = x.detach().clone().requires_grad_()
+    F.max_pool2d(y, 3, 1, 1).sum().backward()
+    assert torch.equal(x.grad, y.grad)
+
+
+def test_nan_propagates_and_the_first_nan_takes_the_gradient():
+    x = torch.tensor([[1.0, float("nan")], [float("nan"), 5.0]]).view(1, 1, 1, 2, 2).requires_grad_()
+    out = group_max_pool2d(x, 2)
+    assert torch.isnan(out).all()
+    out.sum().backward()
+    assert x.grad.flatten().tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert torch.isnan(group_avg_pool2d(x.detach(), 2)).all()
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("k,s,p", [(2, 1, 0), (3, 2, 1), (2, 2, 1), ((3, 2), (1, 2), (1, 0))])
+def test_gradcheck_and_gradgradcheck(kind, k, s, p):
+    ours, _ = POOLS[kind]
+    x = _no_ties((2, 2, 3, 5, 6)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ours(t, k, s, p), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ours(t, k, s, p), (x,))
+
+
+def test_double_backward_routes_like_the_first_backward():
+    x = _no_ties((2, 3, 4, 6, 6)).requires_grad_()
+    (g,) = torch.autograd.grad(group_max_pool2d(x, 2, 1).square().sum(), x, create_graph=True)
+    xr = x.detach().requires_grad_()
+    (gr,) = torch.autograd.grad(reference.group_max_pool2d(xr, 2, 1).square().sum(), xr, create_graph=True)
+    v = torch.randn_like(g)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+    (hvr,) = torch.autograd.grad((gr * v).sum(), xr)
+    torch.testing.assert_close(hv, hvr, atol=1e-13, rtol=0)
+
+
+def test_backward_ops_are_adjoint_to_gather_and_avg():
+    x = _no_ties((2, 3, 7, 8))
+    k, s, p = [3, 3], [2, 1], [1, 1]
+    out = ops.group_max_pool2d(x, k, s, p)
+    go, v = torch.randn_like(out), torch.randn_like(x)
+    lhs = (ops.group_max_pool2d_backward(go, x, k, s, p) * v).sum()
+    rhs = (go * ops.group_max_pool2d_gather(v, x, k, s, p)).sum()
+    torch.testing.assert_close(lhs, rhs)
+    torch.testing.assert_close(ops.group_max_pool2d_gather(x, x, k, s, p), out, atol=0, rtol=0)
+    lhs = (ops.group_avg_pool2d_backward(go, list(x.shape), k, s, p) * v).sum()
+    rhs = (go * ops.group_avg_pool2d(v, k, s, p)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+def test_channels_last_and_non_contiguous():
+    x = torch.randn(2, 6, 9, 7).to(memory_format=torch.channels_last).requires_grad_()
+    for kind, (ours, ref) in POOLS.items():
+        out = ours(x, 3, 2, 1)
+        torch.testing.assert_close(out, ref(x, 3, 2, 1))
+        (g,) = torch.autograd.grad(out.sum(), x)
+        (gr,) = torch.autograd.grad(ref(x, 3, 2, 1).sum(), x)
+        torch.testing.assert_close(g, gr)
+    y = torch.randn(2, 3, 4, 8, 8).to(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(group_max_pool2d(y, 2), reference.group_max_pool2d(y, 2))
+    z = torch.randn(2, 3, 4, 8, 10)[..., ::2]
+    torch.testing.assert_close(group_avg_pool2d(z, 2, 1), reference.group_avg_pool2d(z, 2, 1))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_batch(kind):
+    ours, _ = POOLS[kind]
+    x = torch.randn(0, 3, 4, 6, 6, requires_grad=True)
+    out = ours(x, 2)
+    assert out.shape == (0, 3, 4, 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def _opcheck_samples():
+    for rg in (False, True):
+        for shape, k, s, p in [((2, 3, 4, 5, 6), [2, 2], [1, 1], [0, 0]), ((2, 3, 7, 6), [3, 2], [2, 1], [1, 1])]:
+            x = _no_ties(shape).requires_grad_(rg)
+            out_shape = reference.group_max_pool2d(x, k, s, p).shape
+            go = torch.randn(out_shape, dtype=torch.float64, requires_grad=rg)
+            yield ops.group_max_pool2d.default, (x, k, s, p)
+            yield ops.group_avg_pool2d.default, (x, k, s, p)
+            yield ops.group_max_pool2d_backward.default, (go, x.detach(), k, s, p)
+            yield ops.group_avg_pool2d_backward.default, (go, list(shape), k, s, p)
+            yield ops.group_max_pool2d_gather.default, (torch.randn(shape, dtype=torch.float64, requires_grad=rg),
+                                                        x.detach(), k, s, p)
+
+
+@pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: f"{s[0]}-{len(s[1][0].shape)}d")
+def test_opcheck(sample):
+    op, args = sample
+    torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(2, 3, 4, 8, 8, requires_grad=True)
+
+    def f(t):
+        return group_max_pool2d(t.sin(), 2, 1).square().sum() + group_avg_pool2d(t, 3, 2, 1).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    expected = f(x)
+    (want,) = torch.autograd.grad(expected, x)
+    got = compiled(x)
+    (have,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(have, want)
+
+
+def test_modules_use_the_ops_and_keep_their_api():
+    x = torch.randn(2, 3, 4, 9, 9, dtype=torch.float64)
+    mp, ap = gnn.GroupMaxPool2d(2, stride=1), gnn.GroupAvgPool2d(3, stride=1, padding=1)
+    torch.testing.assert_close(mp(x), reference.group_max_pool2d(x, 2, 1), atol=0, rtol=0)
+    torch.testing.assert_close(ap(x), reference.group_avg_pool2d(x, 3, 1, 1), atol=1e-15, rtol=0)
+    assert repr(gnn.GroupMaxPool2d(2)) == "GroupMaxPool2d(kernel_size=2, stride=2)"
+    with pytest.raises(ValueError, match="5-D"):
+        mp(torch.randn(2, 3, 9, 9))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: group_max_pool2d(torch.zeros(2, 3, 4), 2), ValueError, "5-D group map"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=torch.int64), 2), TypeError, "floating"),
+    (lambda: group_max_pool2d([1.0], 2), TypeError, "torch.Tensor"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 4, 4), 0), ValueError, "kernel_size"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 4, 4), (2, 2, 2)), ValueError, "kernel_size"),
+    (lambda: group_avg_pool2d(torch.zeros(1, 2, 4, 4), 2, stride=0), ValueError, "stride"),
+    (lambda: group_avg_pool2d(torch.zeros(1, 2, 4, 4), 2, padding=-1), ValueError, "padding"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 4, 4), 2, padding=2), ValueError, "padding"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 2, 4, 4), True), ValueError, "kernel_size"),
+    (lambda: group_max_pool2d(torch.zeros(1, 2, 2, 4), 3), ValueError, "too small"),
+    (lambda: ops.group_max_pool2d(torch.zeros(1, 2, 4, 4), [2, 2], [0, 1], [0, 0]), ValueError, "stride"),
+    (lambda: ops.group_max_pool2d(torch.zeros(1, 2, 4, 4), [2, 2], [1, 1], [2, 0]), ValueError, "padding"),
+    (lambda: ops.group_avg_pool2d(torch.zeros(1, 2, 1, 1), [3, 3], [1, 1], [0, 0]), ValueError, "too small"),
+    (lambda: ops.group_max_pool2d(torch.zeros(1, 2, 0, 4), [1, 1], [1, 1], [0, 0]), ValueError, "non-empty"),
+    (lambda: ops.group_max_pool2d(torch.zeros(2, 4, 4), [2, 2], [1, 1], [0, 0]), ValueError, "4-D"),
+    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 4, 4), [2, 2], [1, 1], [0, 0]),
+     ValueError, "grad_out"),
+    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 3, 3, dtype=torch.float64), torch.zeros(1, 2, 4, 4),
+                                           [2, 2], [1, 1], [0, 0]), TypeError, "dtype"),
+    (lambda: ops.group_avg_pool2d_backward(torch.zeros(1, 2, 2, 2), [1, 2, 4, 4], [2, 2], [1, 1], [0, 0]),
+     ValueError, "grad_out"),
+    (lambda: ops.group_max_pool2d_gather(torch.zeros(1, 2, 4, 5), torch.zeros(1, 2, 4, 4), [2, 2], [1, 1], [0, 0]),
+     ValueError, "values"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES[:10], ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}")
+def test_cuda_matches_cpu(kind, dtype, case):
+    shape, k, s, p = case
+    ours, _ = POOLS[kind]
+    x = torch.randn(shape).to(dtype)
+    x.view(-1)[: x.numel() // 3] = 1.0  # ties: the first maximum on both devices
+    xc = x.cuda().requires_grad_()
+    x.requires_grad_()
+    out, out_c = ours(x, k, s, p), ours(xc, k, s, p)
+    torch.testing.assert_close(out_c.cpu(), out, atol=0, rtol=0)
+    grad = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, x, grad)
+    (gc,) = torch.autograd.grad(out_c, xc, grad.cuda())
+    torch.testing.assert_close(gc.cpu(), g, atol=0, rtol=0)  # same sums in the same order
+
+
+@pytest.mark.cuda
+def test_cuda_double_backward_and_gather():
+    x = _no_ties((2, 3, 4, 7, 7))
+    xc = x.cuda().requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: group_max_pool2d(t, 3, 2, 1), (xc,))
+    v = torch.randn_like(x)
+    torch.testing.assert_close(ops.group_max_pool2d_gather(v.cuda(), xc.detach(), [3, 3], [2, 2], [1, 1]).cpu(),
+                               ops.group_max_pool2d_gather(v, x, [3, 3], [2, 2], [1, 1]), atol=0, rtol=0)
