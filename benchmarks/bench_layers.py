@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit  # noqa: E402
+from common import fmt_ms, print_table  # noqa: E402
+from common import timeit as _timeit  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.groups import Group  # noqa: E402
@@ -31,6 +32,10 @@ try:  # optional comparison
     from e2cnn import nn as enn
 except ImportError:  # pragma: no cover - depends on the machine
     enn = None
+
+
+def timeit(fn, repeat):
+    return _timeit(fn, warmup=1 if repeat <= 3 else 3, repeat=repeat)
 
 
 def train_step(fn, *leaves):
@@ -50,7 +55,7 @@ def eval_step(fn, *args):
 
 def repeats_for(batch: int, c: int, n: int) -> int:
     work = batch * (c * n) ** 2
-    return 3 if work > 1e7 else 7 if work > 1e6 else 15
+    return 2 if work > 1e8 else 3 if work > 1e7 else 7 if work > 1e6 else 15
 
 
 def main() -> None:
