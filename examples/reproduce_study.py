@@ -7,7 +7,7 @@ banks and group feature maps for the GCNN, input warps for the STN).
 Budgets:
   smoke  seconds: tiny models, 512 training digits, 1 epoch (what the tests run)
   small  within an hour on a 2-core CPU: the study's models (GCNN C4/4/16, STN and CNN of ~103K
-         parameters), the 50,000 training digits, 3 epochs, 2,000 validation and 2,000 test digits,
+         parameters), the 50,000 training digits, 8 epochs, 2,000 validation and 2,000 test digits,
          per-angle curves every 10 degrees
   full   the study's protocol: 50,000/10,000 split, 20 epochs max, early stopping (patience 5), the
          10,000 test digits, every 5 degrees, and the study's grid of GCNNs (C4/C8, L 2/4, C 16/32)
@@ -45,7 +45,7 @@ MODELS = {
 }
 BUDGETS = {
     "smoke": dict(epochs=1, train_limit=512, val_limit=256, test_limit=256, angle_step=90),
-    "small": dict(epochs=3, train_limit=None, val_limit=2_000, test_limit=2_000, angle_step=10),
+    "small": dict(epochs=8, train_limit=None, val_limit=2_000, test_limit=2_000, angle_step=10),
     "full": dict(epochs=20, train_limit=None, val_limit=None, test_limit=None, angle_step=5),
 }
 SETTINGS = {"none": "upright", "uniform": "rotated"}
