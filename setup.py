@@ -86,5 +86,6 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch", "numpy"],
     ext_modules=extensions(),
+    entry_points={"console_scripts": ["gconv-ext=gconv_ext.cli:main"]},
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
 )

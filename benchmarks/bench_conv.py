@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit  # noqa: E402
+from common import fmt_ms, print_table, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.groups import Group  # noqa: E402
@@ -33,14 +33,6 @@ def unfused_group(x, w, b, g, padding=0):
     co, n, ci, _, k, _ = expanded.shape
     out = F.conv2d(x.flatten(1, 2), expanded.reshape(co * n, ci * n, k, k), None, 1, padding)
     return out.view(out.shape[0], co, n, *out.shape[-2:]) + b.view(1, co, 1, 1, 1)
-
-
-def fwd_bwd(fn, x, w, b, g, padding):
-    def run():
-        xs, ws, bs = (t.detach().requires_grad_() for t in (x, w, b))
-        out = fn(xs, ws, bs, g, padding=padding)
-        out.backward(torch.ones_like(out))
-    return run
 
 
 def main() -> None:
@@ -72,7 +64,8 @@ def main() -> None:
                 x = torch.randn(args.batch, c, g.order, args.size, args.size, device=dev)
                 w = torch.randn(c, c, g.order, k, k, device=dev)
                 fns = (group_conv2d, unfused_group, reference.group_conv2d)
-            times = [timeit(fwd_bwd(f, x, w, b, g, pad), repeat=args.repeat) for f in fns]
+            times = [timeit(train_step(lambda xs, ws, bs, f=f: f(xs, ws, bs, g, padding=pad), x, w, b),
+                            repeat=args.repeat) for f in fns]
             rows.append([name, kind, *(fmt_ms(t) for t in times), f"{times[1] / times[0]:5.2f}x",
                          f"{times[2] / times[0]:5.2f}x"])
     print_table(["group", "conv", "fused ms", "unfused ms", "reference ms", "vs unfused", "vs reference"], rows)

@@ -12,19 +12,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit  # noqa: E402
+from common import fmt_ms, print_table, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.groups import Group  # noqa: E402
 from gconv_ext.ops import reference  # noqa: E402
-
-
-def fwd_bwd(fn, weight):
-    def run():
-        w = weight.detach().requires_grad_()
-        out = fn(w)
-        out.backward(torch.ones_like(out))
-    return run
 
 
 def main() -> None:
@@ -50,9 +42,9 @@ def main() -> None:
             else:
                 w = torch.randn(c, c, n, k, k, device=dev)
                 ours, ref, study = gconv_ext.group_filter, reference.group_filter, reference.group_filter_grid_sample
-            t_ours = timeit(fwd_bwd(lambda t: ours(t, g), w), repeat=args.repeat)
-            t_ref = timeit(fwd_bwd(lambda t: ref(t, g), w), repeat=args.repeat)
-            t_study = timeit(fwd_bwd(lambda t: study(t, g), w), repeat=args.repeat)
+            t_ours = timeit(train_step(lambda t: ours(t, g), w), repeat=args.repeat)
+            t_ref = timeit(train_step(lambda t: ref(t, g), w), repeat=args.repeat)
+            t_study = timeit(train_step(lambda t: study(t, g), w), repeat=args.repeat)
             rows.append([f"C{n}", kind, fmt_ms(t_ours), fmt_ms(t_ref), fmt_ms(t_study),
                          f"{t_ref / t_ours:6.1f}x", f"{t_study / t_ours:6.1f}x"])
     print_table(["group", "transform", "ours ms", "reference ms", "grid_sample ms", "vs reference", "vs grid_sample"],

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table  # noqa: E402
+from common import fmt_ms, print_table, train_step  # noqa: E402
 from common import timeit as _timeit  # noqa: E402
 
 import gconv_ext  # noqa: E402
@@ -36,14 +36,6 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 def timeit(fn, repeat):
     return _timeit(fn, warmup=1 if repeat <= 3 else 3, repeat=repeat)
-
-
-def train_step(fn, *leaves):
-    def run():
-        ins = [t.detach().requires_grad_() for t in leaves]
-        out = fn(*ins)
-        out.backward(torch.ones_like(out))
-    return run
 
 
 def eval_step(fn, *args):

@@ -24,6 +24,14 @@ def timeit(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 15, min_t
     return statistics.median(times)
 
 
+def train_step(fn: Callable[..., torch.Tensor], *leaves: torch.Tensor) -> Callable[[], None]:
+    """A closure running ``fn`` on fresh leaves that require grad, then backward with ones."""
+    def run() -> None:
+        out = fn(*(t.detach().requires_grad_() for t in leaves))
+        out.backward(torch.ones_like(out))
+    return run
+
+
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:9.3f}"
 

@@ -138,7 +138,11 @@ TORCH_LIBRARY(gconv_ext, m) {
       "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
+namespace {
+
+// The same device-generic host functions serve both backends: they dispatch to the CPU loops or the
+// CUDA launchers by the tensors' device.
+void register_kernels(torch::Library& m) {
   m.impl("lift_filter", &lift_filter);
   m.impl("lift_filter_backward", &lift_filter_backward);
   m.impl("group_filter", &group_filter);
@@ -156,24 +160,12 @@ TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) {
   m.impl("group_max_pool2d_gather", &group_max_pool2d_gather);
 }
 
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) { register_kernels(m); }
+
 #ifdef GCONV_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(gconv_ext, CUDA, m) {
-  m.impl("lift_filter", &lift_filter);
-  m.impl("lift_filter_backward", &lift_filter_backward);
-  m.impl("group_filter", &group_filter);
-  m.impl("group_filter_backward", &group_filter_backward);
-  m.impl("lifting_conv2d", &lifting_conv2d);
-  m.impl("lifting_conv2d_backward", &lifting_conv2d_backward);
-  m.impl("group_conv2d", &group_conv2d);
-  m.impl("group_conv2d_backward", &group_conv2d_backward);
-  m.impl("group_pool", &group_pool);
-  m.impl("group_pool_backward", &group_pool_backward);
-  m.impl("group_max_pool2d", &group_max_pool2d);
-  m.impl("group_avg_pool2d", &group_avg_pool2d);
-  m.impl("group_max_pool2d_backward", &group_max_pool2d_backward);
-  m.impl("group_avg_pool2d_backward", &group_avg_pool2d_backward);
-  m.impl("group_max_pool2d_gather", &group_max_pool2d_gather);
-}
+TORCH_LIBRARY_IMPL(gconv_ext, CUDA, m) { register_kernels(m); }
 #endif
 
 }  // namespace gconv_ext

@@ -7,16 +7,11 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "gconv_ext/filter_transform.h"
+#include "gconv_ext/cuda_launch.cuh"
 #include "gconv_ext/ops.h"
 
 namespace gconv_ext {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t num_blocks(int64_t n) {
-  return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(65535) * 8);
-}
 
 template <typename scalar_t>
 __global__ void transform_forward_kernel(PlanView p, const scalar_t* __restrict__ in, scalar_t* __restrict__ out,

@@ -8,15 +8,12 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "gconv_ext/cuda_launch.cuh"
 #include "gconv_ext/ops.h"
 #include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(65535) * 8); }
 
 template <typename scalar_t>
 __global__ void spatial_pool_forward_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int64_t n,
