@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from conftest import REPO
 
 from gconv_ext.cli import main
 from gconv_ext.data import make_rotated_mnist, normalize, to_float01
@@ -266,3 +270,19 @@ def test_cli_bad_ien_arguments(argv, needle, capsys, shared_data_dir):
         main(["train", "--data-dir", str(shared_data_dir), *argv])
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_compare_ien_example_smoke(tmp_path, shared_data_dir, rot_cache):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(REPO / "examples" / "compare_ien.py"), "--budget", "smoke", "--out", str(out),
+           "--data-dir", str(shared_data_dir), "--cache-dir", str(rot_cache), "--threads", "1", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "smoke" / "compare_ien.md").read_text()
+    assert "SUBSTITUTE" in text and "not comparable" in text and proc.stdout == text
+    rows = [line for line in text.splitlines() if line.startswith("| ien-cnn") or line.startswith("| gcnn")]
+    assert len(rows) == 3 and "IEN beta=1" in rows[0] and "beta=0" in rows[1] and "| 786 |" in rows[0]
+    data = json.loads((out / "smoke" / "compare_ien.json").read_text())
+    assert [r["ien_beta"] for r in data["results"]] == [1.0, 0.0, None]
+    assert all(r["dataset"] == "rotated-mnist" and r["n_rotated_test"] == 2000 for r in data["results"])
+    assert not list((out / "smoke").glob(".*.tmp"))
