@@ -249,11 +249,22 @@ class EquivarianceLoss(nn.Module):
                 h.remove()
         return logits, feats
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> IENOutput:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, elements: torch.Tensor | None = None) -> IENOutput:
+        """``elements`` (int64 ``[B, 2]``, as from :func:`sample_transforms`) fixes the transforms; None draws
+        them from :attr:`generator`. (The training loop draws them for the global batch and passes each DDP
+        rank its slice, so every rank and a single process see the same transforms.)"""
         if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"x must be a square image batch [B, C, H, H], got shape {tuple(x.shape)}")
         b = x.shape[0]
-        elements = sample_transforms(b, self.transforms, self.generator)
+        if elements is None:
+            elements = sample_transforms(b, self.transforms, self.generator)
+        else:
+            step, flips = TRANSFORMS[self.transforms]
+            if (elements.dim() != 2 or elements.shape != (b, 2) or elements.dtype != torch.int64
+                    or bool((elements[:, 0] < 0).any()) or bool((elements[:, 0] > int(flips)).any())
+                    or bool((elements[:, 1] < 0).any()) or bool((elements[:, 1] >= 360 // step).any())):
+                raise ValueError(f"elements must be int64 [{b}, 2] group elements of {self.transforms!r} "
+                                 f"(see sample_transforms), got {elements.dtype} {tuple(elements.shape)}")
         xx = torch.cat([x, apply_transform(x, elements, self.transforms)])
         logits, feats = self._run(xx)
         task = F.cross_entropy(logits, torch.cat([y, y]))

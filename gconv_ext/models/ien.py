@@ -15,7 +15,7 @@ from torch import nn
 from ..losses.ien import EquivarianceLoss, OrbitSpec
 from .common import check_int
 
-__all__ = ["IENCNN", "ien_cnn", "ien_loss"]
+__all__ = ["IENCNN", "ien_cnn", "ien_loss", "ien_cnn_parameter_count", "ien_cnn_for_params"]
 
 
 class _Block(nn.Sequential):
@@ -67,6 +67,46 @@ def ien_cnn(channels: int = 44, layers: int = 4, orbit_sizes: Sequence[int] = (4
     else:
         spec = OrbitSpec.from_ratios(ratios, sizes, channels)
     return IENCNN(channels, layers, spec, kernel_size, in_channels, num_classes)
+
+
+def ien_cnn_parameter_count(channels: int, layers: int = 4, kernel_size: int = 3, in_channels: int = 1,
+                            num_classes: int = 10) -> int:
+    """Trainable parameters of :class:`IENCNN` (conv weights and biases, BatchNorm affine, classifier)."""
+    first = in_channels * channels * kernel_size ** 2 + 3 * channels
+    rest = (layers - 1) * (channels * channels * kernel_size ** 2 + 3 * channels)
+    return first + rest + channels * num_classes + num_classes
+
+
+def _orbit_layout_ok(channels: int, orbit_sizes: Sequence[int], ratios: Sequence[float] | None) -> bool:
+    try:
+        if ratios is None:
+            OrbitSpec.uniform(channels, list(orbit_sizes)[0])
+        else:
+            OrbitSpec.from_ratios(ratios, orbit_sizes, channels)
+    except ValueError:
+        return False
+    return True
+
+
+def ien_cnn_for_params(params: int, layers: int = 4, orbit_sizes: Sequence[int] = (4,),
+                       ratios: Sequence[float] | None = None, kernel_size: int = 3, in_channels: int = 1,
+                       num_classes: int = 10, max_channels: int = 1024) -> IENCNN:
+    """The :func:`ien_cnn` whose parameter count is closest to ``params`` among the channel counts the orbit
+    layout allows (multiples of the orbit size; for ``ratios`` the counts :meth:`OrbitSpec.from_ratios`
+    accepts). Ties go to fewer channels. E.g. ``params=102_970`` (GCNN C4/4/16), 4 layers, orbits of 4:
+    60 channels, 99,070 parameters."""
+    check_int("params", params)
+    best: tuple[int, int] | None = None
+    for c in range(1, max_channels + 1):
+        if not _orbit_layout_ok(c, orbit_sizes, ratios):
+            continue
+        diff = abs(ien_cnn_parameter_count(c, layers, kernel_size, in_channels, num_classes) - params)
+        if best is None or diff < best[0]:
+            best = (diff, c)
+    if best is None:
+        raise ValueError(f"no channel count up to {max_channels} fits orbit_sizes {list(orbit_sizes)}"
+                         + (f" with ratios {list(ratios)}" if ratios is not None else ""))
+    return ien_cnn(best[1], layers, orbit_sizes, ratios, kernel_size, in_channels, num_classes)
 
 
 def ien_loss(model: IENCNN, beta: float = 1.0, transforms: str = "rot90",

@@ -1,13 +1,15 @@
 """Training, evaluation and the model registry for the study's MNIST experiments.
 
 * :mod:`.registry`: :func:`build_model` / :func:`register_model` (models by name, with presets).
-* :mod:`.loop`: :class:`TrainConfig` and :func:`train` (AdamW, early stopping, exact resume, DDP).
+* :mod:`.loop`: :class:`TrainConfig` and :func:`train` (AdamW, early stopping, exact resume, DDP;
+  cross-entropy or the IEN objective; MNIST or the rotated-MNIST substitute).
 * :mod:`.evaluate`: rotated-test accuracy, per-angle curves and the markdown results table.
 """
 from gconv_ext.train.loop import (
     DistContext,
     TrainConfig,
     accuracy,
+    build_objective,
     load_checkpoint,
     model_from_checkpoint,
     setup_distributed,
@@ -26,6 +28,7 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "available_models",
+    "build_objective",
     "build_model",
     "load_checkpoint",
     "model_from_checkpoint",

@@ -7,6 +7,13 @@
   :func:`~gconv_ext.train.train` and writes ``per_angle.csv``, ``per_angle.png``,
   ``test_angles.pt`` (the rotated-test angles) and ``result.json`` atomically.
 * :func:`write_results_table` writes a markdown table comparing results.
+
+For runs trained with ``dataset="rotated-mnist"`` (the SUBSTITUTE for ``mnist_rotation_new``,
+:func:`~gconv_ext.data.make_rotated_mnist`), ``rotated_test_acc`` is the accuracy on the
+substitute's 50,000 rotated test digits (each at its own seeded angle; ``test_limit`` takes the first
+N), while ``upright_test_acc`` and the per-angle curve still use the 10,000 MNIST test digits at fixed
+angles (none of them is a training digit of the substitute, whose training digits all come from the
+MNIST train split). ``result.json`` names the test set in ``test_set``.
 """
 from __future__ import annotations
 
@@ -26,12 +33,15 @@ from gconv_ext.data import (
     atomic_write_bytes,
     fixed_angle_test_sets,
     load_mnist,
+    make_rotated_mnist,
+    normalize,
     rotated_test_set,
+    to_float01,
     to_normalized_float,
 )
 from gconv_ext.data.paths import resolve_data_dir
 from gconv_ext.models import count_parameters
-from gconv_ext.train.loop import accuracy, model_from_checkpoint
+from gconv_ext.train.loop import DATASETS, ROTATED_MNIST_SEED, accuracy, model_from_checkpoint
 
 __all__ = [
     "DEFAULT_ANGLES",
@@ -42,7 +52,14 @@ __all__ = [
     "plot_per_angle",
     "write_results_table",
     "load_results",
+    "TEST_SET_NAMES",
 ]
+
+#: How result files and tables name the rotated test set of each dataset.
+TEST_SET_NAMES = {
+    "mnist": "MNIST test digits at seeded uniform angles",
+    "rotated-mnist": "rotated-MNIST SUBSTITUTE test set (50,000 digits; not mnist_rotation_new)",
+}
 
 #: The angles of the per-angle curve: 0, 5, ..., 355 degrees.
 DEFAULT_ANGLES: tuple[float, ...] = tuple(float(a) for a in range(0, 360, 5))
@@ -65,19 +82,34 @@ def evaluate_model(
     angles: Sequence[float] = DEFAULT_ANGLES,
     batch_size: int = 2048,
     device: torch.device | str = "cpu",
+    dataset: str = "mnist",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on the (first ``test_limit``) MNIST test digits.
+
+    With ``dataset="rotated-mnist"`` the rotated test set is instead the (first ``test_limit`` of the)
+    50,000 test digits of the rotated-MNIST substitute, at their own angles (``test_seed`` is then
+    unused; ``test_angles`` are the substitute's); the upright and per-angle numbers stay on MNIST test.
 
     Returns a dict with ``rotated_test_acc`` (each digit at its own fixed angle from ``test_seed``),
     ``upright_test_acc``, ``per_angle`` (``{angle: acc}`` for ``angles``), ``mean_per_angle_acc``,
     ``test_angles`` (the float64 tensor of rotated-test angles), ``test_seed``, ``n_test`` and
     ``num_params``.
     """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     images, labels = load_mnist("test", resolve_data_dir(data_dir))
     if test_limit is not None:
         images, labels = images[:test_limit], labels[:test_limit]
     model = model.to(device)
-    rot_x, rot_y, rot_angles = rotated_test_set(images, labels, seed=test_seed)
+    if dataset == "rotated-mnist":
+        rot = make_rotated_mnist(data_dir, cache_dir, seed=ROTATED_MNIST_SEED)
+        stop = rot.test_labels.shape[0] if test_limit is None else test_limit
+        rot_x = normalize(to_float01(rot.test_images[:stop]).unsqueeze(1))
+        rot_y, rot_angles = rot.test_labels[:stop].clone(), rot.test_angles[:stop].clone()
+    else:
+        rot_x, rot_y, rot_angles = rotated_test_set(images, labels, seed=test_seed)
+    n_rotated = int(rot_y.shape[0])
     rotated_acc = accuracy(model, rot_x, rot_y, batch_size, device)
     del rot_x
     upright_acc = accuracy(model, to_normalized_float(images), labels, batch_size, device)
@@ -91,8 +123,11 @@ def evaluate_model(
         "per_angle": per_angle,
         "mean_per_angle_acc": mean,
         "test_angles": rot_angles,
-        "test_seed": test_seed,
+        "test_seed": test_seed if dataset == "mnist" else ROTATED_MNIST_SEED,
         "n_test": int(labels.shape[0]),
+        "n_rotated_test": n_rotated,
+        "dataset": dataset,
+        "test_set": TEST_SET_NAMES[dataset],
         "num_params": count_parameters(model),
     }
 
@@ -148,8 +183,13 @@ def evaluate_checkpoint(
     angles: Sequence[float] = DEFAULT_ANGLES,
     batch_size: int = 2048,
     device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a training checkpoint and write its result files.
+
+    The rotated test set follows the run's ``dataset`` (see the module docstring: for
+    ``"rotated-mnist"``, the substitute's 50,000 rotated test digits, cached in ``cache_dir``, default
+    the run's ``cache_dir``).
 
     Files (in ``out_dir``, default the checkpoint's folder): ``per_angle.csv``, ``per_angle.png``,
     ``test_angles.pt`` (``{"seed", "angles"}``) and ``result.json`` (the row for
@@ -165,13 +205,17 @@ def evaluate_checkpoint(
         data_dir = cfg.data_dir
     if test_limit is None:
         test_limit = cfg.test_limit
+    if cache_dir is None:
+        cache_dir = cfg.cache_dir
     res = evaluate_model(model, data_dir, test_limit=test_limit, test_seed=test_seed, angles=angles,
-                         batch_size=batch_size, device=device)
+                         batch_size=batch_size, device=device, dataset=cfg.dataset, cache_dir=cache_dir)
     train_time = None
     summary_path = checkpoint.parent / "summary.json"
     if summary_path.is_file():
         train_time = json.loads(summary_path.read_text()).get("train_time_s")
     label = name or (cfg.model if cfg.preset in (None, "default") else f"{cfg.model} ({cfg.preset})")
+    if name is None and cfg.ien_beta is not None:
+        label += f", IEN beta={cfg.ien_beta:g}"
     result = {
         "name": label,
         "model": cfg.model,
@@ -186,12 +230,18 @@ def evaluate_checkpoint(
         "train_time_s": train_time,
         "epoch": int(ckpt["epoch"]),
         "val_acc": float(ckpt.get("val_acc", float("nan"))),
-        "test_seed": test_seed,
+        "test_seed": res["test_seed"],
         "n_test": res["n_test"],
+        "n_rotated_test": res["n_rotated_test"],
+        "dataset": cfg.dataset,
+        "test_set": res["test_set"],
+        "ien_beta": cfg.ien_beta,
+        "ien_transforms": cfg.ien_transforms if cfg.ien_beta is not None else None,
         "checkpoint": str(checkpoint),
         "seed": cfg.seed,
     }
-    atomic_torch_save({"seed": test_seed, "angles": res["test_angles"]}, out / "test_angles.pt")
+    atomic_torch_save({"seed": res["test_seed"], "angles": res["test_angles"], "test_set": res["test_set"]},
+                      out / "test_angles.pt")
     write_per_angle_csv(res["per_angle"], out / "per_angle.csv")
     plot_per_angle({f"{label}, trained {'rotated' if cfg.train_rotation == 'uniform' else 'upright'}":
                     res["per_angle"]}, out / "per_angle.png", title="accuracy per test rotation")
@@ -230,15 +280,22 @@ def _fmt(key: str, value: Any) -> str:
 
 def write_results_table(results: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> str:
     """Write a markdown table (model, params, train setting, rotated-test acc, upright acc, mean
-    per-angle acc, training time) atomically to ``path`` and return its text.
+    per-angle acc, training time; plus the rotated test set when a result is not on plain MNIST)
+    atomically to ``path`` and return its text.
 
     Each result is a dict as returned by :func:`evaluate_checkpoint`; missing entries show as ``-``.
     """
-    header = "| " + " | ".join(title for _, title in _TABLE_COLUMNS) + " |"
-    sep = "|" + "|".join("---" if key in ("name", "train_rotation") else "---:" for key, _ in _TABLE_COLUMNS) + "|"
+    columns = list(_TABLE_COLUMNS)
+    if any(r.get("dataset", "mnist") != "mnist" for r in results):
+        columns.append(("test_set", "rotated test set"))  # never leave a substitute unnamed
+    header = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "|" + "|".join("---" if key in ("name", "train_rotation", "test_set") else "---:"
+                         for key, _ in columns) + "|"
     lines = [header, sep]
     for r in results:
-        lines.append("| " + " | ".join(_fmt(key, r.get(key)) for key, _ in _TABLE_COLUMNS) + " |")
+        row = dict(r)
+        row.setdefault("test_set", TEST_SET_NAMES.get(str(r.get("dataset", "mnist"))))
+        lines.append("| " + " | ".join(_fmt(key, row.get(key)) for key, _ in columns) + " |")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(path, text.encode())
     return text

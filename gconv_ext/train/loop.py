@@ -8,6 +8,23 @@ validation accuracy with patience 5, best checkpoint kept; MNIST train split int
 validation digits are rotated by *fixed*, seeded angles (:func:`~gconv_ext.data.rotated_test_set`),
 so every epoch and every model sees the same validation set.
 
+Data sets (``dataset``): ``"mnist"`` (above) or ``"rotated-mnist"``, a SUBSTITUTE for the
+``mnist_rotation_new`` benchmark (:func:`~gconv_ext.data.make_rotated_mnist`: 12,000 training digits
+each rotated by a seeded uniform angle, cached; *not* the benchmark files). Its training digits are
+split into ``12,000 - n_val`` training and ``n_val`` (default 2,000) validation digits with
+``split_seed``; both keep the substitute's own fixed angles (``train_rotation="uniform"`` rotates the
+training digits once more, by fresh angles). Its 50,000 rotated test digits are the test set
+(:func:`~gconv_ext.train.evaluate.evaluate_checkpoint`).
+
+Objective: cross-entropy, or with ``ien_beta`` set the implicit-equivariance loss
+(:class:`~gconv_ext.losses.EquivarianceLoss`): every batch is doubled with ``T x`` (a random
+non-identity element of ``ien_transforms`` per digit) and ``ien_beta`` times the orbit-pooled feature
+MSE at the monitored layers is added; ``ien_beta=0`` is the plain CNN trained on the same doubled
+batches. The transforms are drawn from the epoch generator (below) for the whole global batch, so
+``beta=0`` and ``beta>0`` runs with one seed see identical batches, DDP ranks see slices of the same
+draw, and resume needs no extra generator state. ``metrics.csv`` then also holds ``train_ce`` (the
+cross-entropy over the doubled batch) and ``mse_<layer>`` (epoch means of the per-layer MSEs).
+
 Reproducibility:
 
 * The shuffle and the augmentation angles of epoch ``e`` come from one CPU ``torch.Generator``
@@ -17,8 +34,10 @@ Reproducibility:
   with the same weights as an uninterrupted run (bit-identical on CPU).
 * Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (gloo on CPU, nccl on
   GPU) and the model wrapped in DDP. Every rank draws the same global batch and the same angles and
-  takes its ``tensor_split`` slice; the loss is ``sum(local CE) * world_size / global_batch`` so that
-  DDP's gradient average equals the single-process mean over the global batch. Validation is
+  takes its ``tensor_split`` slice; the loss is ``sum(local CE) * world_size / global_batch`` (IEN:
+  ``local mean objective * local_batch * world_size / global_batch``) so that DDP's gradient average
+  equals the single-process mean over the global batch. (BatchNorm, as in ``ien-cnn``, still uses
+  per-rank batch statistics.) Validation is
   sharded and the correct counts summed. Only rank 0 writes files.
 """
 from __future__ import annotations
@@ -43,12 +62,14 @@ from gconv_ext.data import (
     atomic_torch_save,
     atomic_write_bytes,
     load_mnist,
+    make_rotated_mnist,
     normalize,
     rotate,
     rotated_test_set,
     split_train_val,
     to_float01,
 )
+from gconv_ext.losses.ien import TRANSFORMS, EquivarianceLoss, OrbitSpec, sample_transforms
 from gconv_ext.data.paths import resolve_data_dir
 from gconv_ext.models import count_parameters
 from gconv_ext.train.progress import ProgressBar
@@ -67,16 +88,26 @@ __all__ = [
     "load_checkpoint",
     "train",
     "TRAIN_ROTATIONS",
+    "DATASETS",
+    "DEFAULT_N_VAL",
     "CHECKPOINT_FORMAT",
+    "build_objective",
 ]
 
 TRAIN_ROTATIONS = ("none", "uniform")
+#: ``"mnist"``: MNIST IDX files; ``"rotated-mnist"``: the cached SUBSTITUTE for mnist_rotation_new.
+DATASETS = ("mnist", "rotated-mnist")
+#: Validation digits held out of the training split when ``n_val`` is None.
+DEFAULT_N_VAL = {"mnist": 10000, "rotated-mnist": 2000}
+#: Seed of the rotated-MNIST substitute (:func:`~gconv_ext.data.make_rotated_mnist`).
+ROTATED_MNIST_SEED = 0
 CHECKPOINT_FORMAT = 1
 
 #: Config fields that must agree between a checkpoint and a ``resume`` run (the rest may change).
 _RESUME_KEYS = (
     "model", "model_kwargs", "preset", "train_rotation", "batch_size", "lr", "weight_decay", "seed",
-    "split_seed", "n_val", "val_rotation_seed", "train_limit", "val_limit",
+    "split_seed", "n_val", "val_rotation_seed", "train_limit", "val_limit", "dataset", "ien_beta",
+    "ien_transforms", "ien_layers",
 )
 
 _CSV_COLUMNS = (
@@ -100,11 +131,21 @@ class TrainConfig:
         lr, weight_decay: AdamW settings.
         patience: stop after this many epochs without a better validation accuracy.
         seed: model-initialisation, shuffle and augmentation seed.
-        split_seed, n_val: the train/validation split (study: 420, 10,000).
+        split_seed, n_val: the train/validation split (study: 420, 10,000); ``n_val=None`` means
+            :data:`DEFAULT_N_VAL` of the dataset (10,000 for MNIST, 2,000 for rotated-mnist).
         val_rotation_seed: seed of the fixed validation angles.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         threads: ``torch.set_num_threads`` value (0: leave as is).
         data_dir: MNIST folder (None: :func:`~gconv_ext.data.default_data_dir`).
+        dataset: ``"mnist"`` or ``"rotated-mnist"`` (the SUBSTITUTE for mnist_rotation_new, see the
+            module docstring).
+        cache_dir: where the rotated-MNIST substitute is cached (None:
+            :func:`~gconv_ext.data.default_cache_dir`, i.e. ``GCONV_EXT_CACHE_DIR`` or ``data_cache``).
+        ien_beta: None trains with cross-entropy; a float >= 0 trains with the IEN objective
+            (doubled batch, ``beta`` times the equivariance MSE; 0 = plain CNN on the doubled batches).
+        ien_transforms: the IEN transform family: ``"rot90"``, ``"rot90+flip"`` or ``"rot45"``.
+        ien_layers: monitored layer names (None: the model's ``monitored_layers``); the model's
+            ``orbit_spec`` groups the channels of each.
         out_dir: where metrics and checkpoints go.
         train_limit, val_limit, test_limit: use only the first N digits (smoke runs); None = all.
         resume: continue from ``out_dir/last.pt`` if it exists.
@@ -127,7 +168,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     split_seed: int = 420
-    n_val: int = 10000
+    n_val: int | None = None
     val_rotation_seed: int = 1
     device: str = "auto"
     threads: int = 0
@@ -142,6 +183,11 @@ class TrainConfig:
     download: bool = False
     deterministic: bool = False
     quiet: bool = False
+    dataset: str = "mnist"
+    cache_dir: str | None = None
+    ien_beta: float | None = None
+    ien_transforms: str = "rot90"
+    ien_layers: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -167,6 +213,28 @@ class TrainConfig:
             raise ValueError(f"threads must be an int >= 0, got {self.threads!r}")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs must be a dict, got {type(self.model_kwargs).__name__}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.n_val is not None and (isinstance(self.n_val, bool) or not isinstance(self.n_val, int)
+                                       or self.n_val < 1):
+            raise ValueError(f"n_val must be None or an int >= 1, got {self.n_val!r}")
+        if self.ien_beta is not None and (isinstance(self.ien_beta, bool)
+                                          or not isinstance(self.ien_beta, (int, float))
+                                          or not math.isfinite(self.ien_beta) or self.ien_beta < 0):
+            raise ValueError(f"ien_beta must be None or a finite number >= 0, got {self.ien_beta!r}")
+        if self.ien_transforms not in TRANSFORMS:
+            raise ValueError(f"ien_transforms must be one of {tuple(TRANSFORMS)}, got {self.ien_transforms!r}")
+        if self.ien_layers is not None:
+            if isinstance(self.ien_layers, str):
+                raise ValueError(f"ien_layers must be a list of layer names, got the string {self.ien_layers!r}")
+            self.ien_layers = list(self.ien_layers)
+            if not self.ien_layers or not all(isinstance(n, str) and n for n in self.ien_layers):
+                raise ValueError(f"ien_layers must be None or a non-empty list of layer names, got {self.ien_layers!r}")
+
+    @property
+    def val_size(self) -> int:
+        """``n_val``, or the dataset's default (:data:`DEFAULT_N_VAL`) when it is None."""
+        return DEFAULT_N_VAL[self.dataset] if self.n_val is None else self.n_val
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -270,10 +338,18 @@ class TrainData:
 
 
 def load_train_data(cfg: TrainConfig) -> TrainData:
-    """Load MNIST train, split it (``split_seed``, ``n_val``), apply the limits, rotate validation."""
+    """Load the training split of ``cfg.dataset``, split it (``split_seed``, ``n_val``), apply the
+    limits and rotate validation (MNIST: fixed seeded angles; rotated-mnist: already rotated)."""
     data_dir = _data_dir(cfg)
-    images, labels = load_mnist("train", data_dir, download=cfg.download)
-    train_idx, val_idx = split_train_val(images.shape[0], cfg.n_val, cfg.split_seed)
+    if cfg.dataset == "rotated-mnist":
+        rot = make_rotated_mnist(data_dir, cfg.cache_dir, seed=ROTATED_MNIST_SEED)
+        images, labels = rot.train_images, rot.train_labels
+    else:
+        images, labels = load_mnist("train", data_dir, download=cfg.download)
+    if cfg.val_size >= images.shape[0]:
+        raise ValueError(f"n_val ({cfg.val_size}) must be smaller than the {images.shape[0]} training digits "
+                         f"of {cfg.dataset}")
+    train_idx, val_idx = split_train_val(images.shape[0], cfg.val_size, cfg.split_seed)
     if cfg.train_limit is not None:
         train_idx = train_idx[: cfg.train_limit]
     if cfg.val_limit is not None:
@@ -281,6 +357,10 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     if train_idx.numel() == 0 or val_idx.numel() == 0:
         raise ValueError("the training and validation sets must not be empty (check n_val and the limits)")
     train_x = to_float01(images[train_idx]).unsqueeze(1)
+    if cfg.dataset == "rotated-mnist":
+        val_x = normalize(to_float01(images[val_idx]).unsqueeze(1))
+        return TrainData(train_x, labels[train_idx].clone(), val_x, labels[val_idx].clone(),
+                         rot.train_angles[val_idx].clone())
     val_x, val_y, val_angles = rotated_test_set(images[val_idx], labels[val_idx], seed=cfg.val_rotation_seed)
     return TrainData(train_x, labels[train_idx].clone(), val_x, val_y, val_angles)
 
@@ -383,11 +463,14 @@ def _log(ctx: DistContext, cfg: TrainConfig, msg: str) -> None:
 
 
 def _write_metrics(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    # IEN runs add train_ce and mse_<layer> columns after the standard ones.
+    extra = [k for k in (history[0] if history else {}) if k not in _CSV_COLUMNS]
+    columns = list(_CSV_COLUMNS) + extra
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(_CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row[k] for k in _CSV_COLUMNS})
+        writer.writerow({k: row[k] for k in columns})
     atomic_write_bytes(out_dir / "metrics.csv", buf.getvalue().encode())
 
 
@@ -395,12 +478,69 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _resume_view(d: dict[str, Any]) -> dict[str, Any]:
+    """The resume-relevant settings of a config dict; keys older checkpoints lack take their defaults
+    and ``n_val`` its effective value."""
+    defaults = TrainConfig().to_dict()
+    view = {k: d.get(k, defaults[k]) for k in _RESUME_KEYS}
+    view["n_val"] = DEFAULT_N_VAL.get(view["dataset"]) if view["n_val"] is None else view["n_val"]
+    if view["ien_layers"] is not None:
+        view["ien_layers"] = list(view["ien_layers"])
+    return view
+
+
 def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
-    now = cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in _RESUME_KEYS
-             if saved.get(k) != now[k]]
+    old, now = _resume_view(saved), _resume_view(cfg.to_dict())
+    diffs = [f"{k}: checkpoint {old[k]!r} vs now {now[k]!r}" for k in _RESUME_KEYS if old[k] != now[k]]
     if diffs:
         raise ValueError(f"cannot resume from {path}: the config differs ({'; '.join(diffs)})")
+
+
+@dataclass
+class Objective:
+    """The IEN objective of a run: the loss around the (possibly DDP-wrapped) model and the monitored
+    layers by their names in the unwrapped model (``metric_names``: the ``mse_<layer>`` columns)."""
+
+    loss_fn: EquivarianceLoss
+    layers: list[str]
+    hook_names: list[str]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [f"mse_{n}" for n in self.layers]
+
+
+def build_objective(cfg: TrainConfig, model: nn.Module, train_model: nn.Module | None = None) -> Objective | None:
+    """The IEN objective for ``cfg`` (None when ``cfg.ien_beta`` is None).
+
+    ``model`` is the bare model (its ``monitored_layers`` and ``orbit_spec`` are used); ``train_model``
+    the module the loss calls (a DDP wrapper of ``model``; default ``model``).
+
+    Raises:
+        ValueError: the model has no ``orbit_spec`` / ``monitored_layers`` (only ``ien-cnn`` has them)
+            or a layer name is unknown.
+    """
+    if cfg.ien_beta is None:
+        return None
+    train_model = model if train_model is None else train_model
+    spec = getattr(model, "orbit_spec", None)
+    if not isinstance(spec, OrbitSpec):
+        raise ValueError(f"ien_beta needs a model whose channels are grouped into orbits (an orbit_spec, "
+                         f"e.g. model 'ien-cnn'); model {cfg.model!r} has none")
+    layers = cfg.ien_layers
+    if layers is None:
+        layers = list(getattr(model, "monitored_layers", None) or [])
+        if not layers:
+            raise ValueError(f"model {cfg.model!r} documents no monitored_layers; give ien_layers")
+    known = dict(model.named_modules())
+    unknown = [n for n in layers if n not in known]
+    if unknown:
+        raise ValueError(f"ien_layers: unknown layer name(s) {unknown} in model {cfg.model!r}; monitored "
+                         f"layers: {list(getattr(model, 'monitored_layers', []))}")
+    prefix = "module." if train_model is not model else ""
+    hook_names = [prefix + n for n in layers]
+    loss_fn = EquivarianceLoss(train_model, hook_names, spec, cfg.ien_transforms, float(cfg.ien_beta))
+    return Objective(loss_fn, list(layers), hook_names)
 
 
 def _train_epoch(
@@ -410,8 +550,15 @@ def _train_epoch(
     cfg: TrainConfig,
     ctx: DistContext,
     epoch: int,
-) -> tuple[float, float]:
-    """One epoch; returns ``(mean training loss, training accuracy)`` over all ranks."""
+    objective: Objective | None = None,
+) -> dict[str, float]:
+    """One epoch; returns ``{"train_loss", "train_acc"}`` (IEN: also ``train_ce`` and ``mse_<layer>``)
+    averaged over all ranks.
+
+    Cross-entropy: ``train_loss`` is the mean CE per digit. IEN: ``train_loss`` is the mean objective
+    per batch weighted by batch size, ``train_ce`` its cross-entropy part (over the doubled batch), the
+    MSEs likewise, and ``train_acc`` the accuracy over the doubled batch.
+    """
     model.train()
     n = data.train_x.shape[0]
     gen = epoch_generator(cfg.seed, epoch)
@@ -419,6 +566,8 @@ def _train_epoch(
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
+    # IEN: [CE over the doubled batch, MSE of each layer], each summed weighted by the local batch size
+    ien_sums = torch.zeros(1 + (len(objective.layers) if objective else 0), dtype=torch.float64)
     bar = ProgressBar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=ctx.is_main and not cfg.quiet)
     for b in range(n_batches):
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -427,28 +576,53 @@ def _train_epoch(
         if cfg.train_rotation == "uniform":
             # Same draw on every rank (same generator state), then each rank takes its slice.
             angles = torch.remainder(torch.rand(global_size, generator=gen, dtype=torch.float64) * 360.0, 360.0)
+        elements = None
+        if objective is not None:  # likewise the IEN transforms of the whole global batch
+            elements = sample_transforms(global_size, cfg.ien_transforms, gen)
         local = torch.tensor_split(torch.arange(global_size), ctx.world_size)[ctx.rank]
         x = data.train_x[idx[local]].to(ctx.device, non_blocking=True)
         y = data.train_y[idx[local]].to(ctx.device, non_blocking=True)
         if angles is not None:
             x = rotate(x, angles[local])
         x = normalize(x)
-        logits = model(x)
-        batch_loss = F.cross_entropy(logits, y, reduction="sum")
-        loss = batch_loss * (ctx.world_size / global_size)
+        if objective is None:
+            logits = model(x)
+            batch_loss = F.cross_entropy(logits, y, reduction="sum")
+            loss = batch_loss * (ctx.world_size / global_size)
+        elif local.numel() == 0:
+            # A DDP rank without digits in the last batch still joins the gradient all-reduce.
+            logits = model(x)
+            batch_loss = logits.sum() * 0.0
+            loss = batch_loss
+        else:
+            out = objective.loss_fn(x, y, elements[local])
+            lb = local.numel()
+            batch_loss = out.loss * lb  # the local objective summed over the local pairs
+            loss = batch_loss * (ctx.world_size / global_size)
+            logits = out.logits
+            y = torch.cat([y, y])
+            ien_sums += torch.tensor([out.task] + [out.mse[h] for h in objective.hook_names],
+                                     dtype=torch.float64) * lb
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         loss_sum += batch_loss.detach().to(torch.float64)
         correct += (logits.detach().argmax(dim=1) == y).sum()
         bar.update(1)
+    ien_sums = ien_sums.to(ctx.device)
     if ctx.distributed:
         dist.all_reduce(loss_sum)
         dist.all_reduce(correct)
-    mean_loss = float(loss_sum.item()) / n
-    acc = float(correct.item()) / n
-    bar.close(f"loss {mean_loss:.4f} acc {acc:.4f}")
-    return mean_loss, acc
+        if objective is not None:
+            dist.all_reduce(ien_sums)
+    stats = {"train_loss": float(loss_sum.item()) / n,
+             "train_acc": float(correct.item()) / (n * (2 if objective is not None else 1))}
+    if objective is not None:
+        means = (ien_sums.cpu() / n).tolist()
+        stats["train_ce"] = means[0]
+        stats.update(zip(objective.metric_names, means[1:]))
+    bar.close(f"loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f}")
+    return stats
 
 
 def train(cfg: TrainConfig, ctx: DistContext | None = None) -> dict[str, Any]:
@@ -509,13 +683,18 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
     elif cfg.resume:
         _log(ctx, cfg, f"no checkpoint at {last_path}; starting a new run")
 
+    build_objective(cfg, model)  # fail on a bad IEN setting before loading any data
     data = load_train_data(cfg)
     train_model = model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    _log(ctx, cfg, f"{cfg.model}: {n_params:,} parameters; {data.train_x.shape[0]} training / "
-                   f"{data.val_x.shape[0]} validation digits; train_rotation={cfg.train_rotation}; "
+    objective = build_objective(cfg, model, train_model)
+    data_name = "MNIST" if cfg.dataset == "mnist" else "rotated-MNIST SUBSTITUTE (not mnist_rotation_new)"
+    ien = ("" if objective is None else
+           f"; IEN objective beta={cfg.ien_beta:g}, {cfg.ien_transforms}, layers {', '.join(objective.layers)}")
+    _log(ctx, cfg, f"{cfg.model}: {n_params:,} parameters; {data_name}: {data.train_x.shape[0]} training / "
+                   f"{data.val_x.shape[0]} validation digits; train_rotation={cfg.train_rotation}{ien}; "
                    f"device {ctx.device}, world size {ctx.world_size}")
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -525,7 +704,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
         if cfg.stop_after is not None and epoch >= cfg.stop_after:
             break
         t0 = time.perf_counter()
-        train_loss, train_acc = _train_epoch(train_model, opt, data, cfg, ctx, epoch)
+        stats = _train_epoch(train_model, opt, data, cfg, ctx, epoch, objective)
+        train_loss, train_acc = stats["train_loss"], stats["train_acc"]
         t_train = time.perf_counter() - t0
         val_acc = accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size, ctx.device, ctx)
         epoch_time = time.perf_counter() - t0
@@ -541,9 +721,11 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_acc": val_acc,
             "best_val_acc": best_val, "lr": opt.param_groups[0]["lr"], "epoch_time_s": epoch_time,
             "train_time_s": train_time, "images_per_s": data.train_x.shape[0] / max(t_train, 1e-9),
+            **{k: v for k, v in stats.items() if k not in ("train_loss", "train_acc")},
         }
         history.append(row)
-        _log(ctx, cfg, f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f}, "
+        mse_text = "".join(f", {k} {v:.4g}" for k, v in stats.items() if k.startswith("mse_"))
+        _log(ctx, cfg, f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f}{mse_text}, "
                        f"val acc {val_acc:.4f} (best {best_val:.4f} @ {best_epoch}), {epoch_time:.1f}s"
                        + (", early stop" if stopped_early else ""))
         if ctx.is_main:
@@ -564,6 +746,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> dict[str, Any]:
 
     summary = {
         "model": cfg.model, "num_params": n_params, "train_rotation": cfg.train_rotation,
+        "dataset": cfg.dataset, "ien_beta": cfg.ien_beta,
+        "final_train_mse": ({k: v for k, v in history[-1].items() if k.startswith("mse_")}
+                            if history and objective is not None else None),
         "epochs_completed": epoch, "finished": stopped_early or epoch >= cfg.epochs,
         "stopped_early": stopped_early, "best_epoch": best_epoch, "best_val_acc": best_val,
         "train_time_s": train_time, "world_size": ctx.world_size, "device": str(ctx.device),

@@ -5,6 +5,11 @@ Built-in names:
 * ``"cnn"``: :class:`gconv_ext.models.CNN`;
 * ``"stn-single-rotation"``, ``"stn-multi-rotation"``, ``"stn-single-affine"``,
   ``"stn-multi-affine"``: :class:`gconv_ext.models.STN` with that mode and head.
+* ``"gcnn"``: the study's :class:`gconv_ext.models.GCNN` (presets ``"C4/4/16"`` etc.).
+* ``"ien-cnn"``: :class:`gconv_ext.models.IENCNN`, the plain CNN with orbit-grouped channels for
+  implicit-equivariance training (``TrainConfig.ien_beta`` / ``--ien-beta``); presets ``"matched"``
+  (60 channels, 4 layers, 99,070 parameters, the closest multiple-of-4 width to GCNN C4/4/16),
+  ``"hetero"`` (8:2:1 orbits of 4/2/1 at about the same parameter count) and ``"tiny"``.
 
 Factories are called with keyword arguments only. Common ones are ``channels``, ``layers``,
 ``kernel_size`` and ``params`` (a target parameter count: the channel count closest to it is
@@ -29,7 +34,17 @@ from typing import Any
 
 from torch import nn
 
-from gconv_ext.models import CNN, GCNN, GCNN_C4_4_16_PARAMS, GCNN_PRESETS, STN, cnn_for_params, stn_for_params
+from gconv_ext.models import (
+    CNN,
+    GCNN,
+    GCNN_C4_4_16_PARAMS,
+    GCNN_PRESETS,
+    STN,
+    cnn_for_params,
+    ien_cnn,
+    ien_cnn_for_params,
+    stn_for_params,
+)
 
 __all__ = [
     "ModelFactory",
@@ -233,3 +248,34 @@ register_model(
     description="group-equivariant CNN (C_N / D_N), the study's architecture; presets 'C4/4/16' etc.",
 )
 
+
+
+def _make_ien_cnn(
+    *,
+    channels: int | None = None,
+    layers: int = 4,
+    orbit_sizes: tuple[int, ...] | list[int] = (4,),
+    ratios: tuple[float, ...] | list[float] | None = None,
+    kernel_size: int = 3,
+    params: int | None = None,
+) -> nn.Module:
+    """:func:`~gconv_ext.models.ien_cnn`; ``params`` picks the closest channel count the orbits allow."""
+    if params is not None:
+        if channels is not None:
+            raise ValueError("give either channels or params (a target parameter count), not both")
+        return ien_cnn_for_params(params, layers=layers, orbit_sizes=tuple(orbit_sizes),
+                                  ratios=None if ratios is None else tuple(ratios), kernel_size=kernel_size)
+    return ien_cnn(44 if channels is None else channels, layers, tuple(orbit_sizes),
+                   None if ratios is None else tuple(ratios), kernel_size)
+
+
+register_model(
+    "ien-cnn",
+    _make_ien_cnn,
+    presets={
+        "matched": {"params": GCNN_C4_4_16_PARAMS},
+        "hetero": {"params": GCNN_C4_4_16_PARAMS, "orbit_sizes": (4, 2, 1), "ratios": (8, 2, 1)},
+        "tiny": {"channels": 8, "layers": 2},
+    },
+    description="plain CNN with orbit-grouped channels for implicit-equivariance (IEN) training",
+)
