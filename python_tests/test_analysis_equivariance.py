@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from gconv_ext.analysis import (LN2, ParityCNN, ParityGCNN, average_over_batches, exact_input_sizes, fit_size,
-                                invariance_error, layer_equivariance_errors, learn_unequivariance)
+                                invariance_error, layer_equivariance_errors, learn_unequivariance,
+                                summarize_parity)
 from gconv_ext.nn import EquivarianceWarning
 
 from conftest import REPO
@@ -152,3 +153,43 @@ def test_parity_example_smoke(tmp_path, shared_data_dir):
     assert exact["acc_0"] == exact["acc_90"] == exact["acc_180"] == exact["acc_270"]
     assert (out / "parity.png").stat().st_size > 1000
     assert "mean acc. over 36 angles" in (out / "summary.md").read_text()
+    assert (out / "seed0" / "run.json").exists() and (out / "parity_summary.csv").exists()
+    # a second call reuses the finished seed (same budget) instead of training again
+    again = subprocess.run([sys.executable, str(REPO / "examples" / "parity_mnist.py"), "--budget", "smoke",
+                            "--out", str(out), "--data-dir", str(shared_data_dir)], check=True,
+                           capture_output=True, text=True, timeout=60)
+    assert "reusing the finished run" in again.stdout
+    assert list(csv.DictReader(open(out / "parity.csv"))) == rows
+    bad = subprocess.run([sys.executable, str(REPO / "examples" / "parity_mnist.py"), "--seeds", "0,0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--seeds" in bad.stderr
+
+
+def _parity_row(seed, model, size, exact, accs):
+    row = {"seed": seed, "model": model, "size": size, "exact": exact,
+           "mean_acc": sum(accs.values()) / len(accs)}
+    row.update({f"acc_{a}": v for a, v in accs.items()})
+    return row
+
+
+def test_summarize_parity():
+    periodic = {a: (0.9 if a % 90 == 0 else 0.6) for a in range(0, 360, 10)}
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        rows.append(_parity_row(seed, "gcnn_c4", 28, True, {a: v - shift for a, v in periodic.items()}))
+        broken = dict(periodic)
+        broken[90] = broken[180] = broken[270] = 0.5 - shift
+        rows.append(_parity_row(seed, "gcnn_c4", 27, False, broken))
+        rows.append(_parity_row(seed, "cnn_z2", 28, False, {a: 0.3 for a in periodic}))
+    per_model, groups = summarize_parity(rows)
+    by = {(m["model"], m["size"]): m for m in per_model}
+    exact, inexact = by[("gcnn_c4", 28)], by[("gcnn_c4", 27)]
+    assert exact["n"] == 2 and abs(exact["drop"]) < 1e-12 and exact["drop_std"] < 1e-12
+    assert math.isclose(exact["acc_0"], 0.85) and math.isclose(exact["acc_0_std"], math.sqrt(0.005))
+    assert math.isclose(inexact["right"], 0.45) and math.isclose(inexact["drop"], 0.9 - 0.45)
+    assert math.isclose(groups["exact"][0], (rows[0]["mean_acc"] + rows[3]["mean_acc"]) / 2)
+    assert groups["z2"] == (pytest.approx(0.3), pytest.approx(0.0), 2) and groups["inexact"][2] == 2
+    with pytest.raises(ValueError, match="seed"):
+        summarize_parity([{k: v for k, v in rows[0].items() if k != "seed"}])
+    with pytest.raises(ValueError, match="empty"):
+        summarize_parity([])

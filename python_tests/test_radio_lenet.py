@@ -127,9 +127,10 @@ def test_tiny_sweep_smoke(tmp_path, shared_data_dir):
     cfg.write_text((REPO / "examples" / "configs" / "frdeep_sweep.ini").read_text().replace(
         "datadir =", f"datadir = {shared_data_dir}").replace("imsize = 150", "imsize = 46"))
     out = tmp_path / "sweep"
-    subprocess.run([sys.executable, str(REPO / "examples" / "radio_galaxies.py"), "--config", str(cfg), "--sweep",
-                    "--nrots", "2,4", "--epochs", "1", "--max-train", "20", "--max-test", "10", "--out", str(out),
-                    "--threads", "1"], check=True, capture_output=True, timeout=60)
+    cmd = [sys.executable, str(REPO / "examples" / "radio_galaxies.py"), "--config", str(cfg), "--sweep",
+           "--nrots", "2,4", "--epochs", "1", "--max-train", "20", "--max-test", "10", "--out", str(out),
+           "--threads", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["name"] for r in rows] == ["vanilla", "C2", "C4", "D2", "D4"]
     assert all(0.0 <= float(r["test_error"]) <= 1.0 for r in rows)
@@ -140,3 +141,11 @@ def test_tiny_sweep_smoke(tmp_path, shared_data_dir):
     assert len(log) == 1 and (out / "C4" / "model.pt").is_file() and (out / "C4" / "config.ini").is_file()
     saved = torch.load(out / "C4" / "model.pt", weights_only=True)
     assert saved["config"]["model"]["base"] == "CN" and saved["config"]["training"]["imsize"] == 46
+    # the same sweep again reuses every finished run; a changed configuration (2 epochs) trains again
+    again = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+    assert again.stdout.count("reusing the finished run") == 5
+    assert list(csv.DictReader(open(out / "results.csv"))) == rows
+    more = subprocess.run(cmd[:cmd.index("--nrots")] + ["--nrots", "2", "--bases", "CN", "--epochs", "2"]
+                          + cmd[cmd.index("--max-train"):], check=True, capture_output=True, text=True, timeout=60)
+    assert "reusing" not in more.stdout
+    assert len(list(csv.DictReader(open(out / "C2" / "log.csv")))) == 2

@@ -7,7 +7,8 @@
 """
 from .equivariance import (average_over_batches, default_layers, exact_input_sizes, invariance_error,
                            layer_equivariance_errors)
-from .parity import ANGLES, PARITY_BUDGETS, ParityBudget, ParityCNN, ParityGCNN, fit_size, run_parity
+from .parity import (ANGLES, PARITY_BUDGETS, ParityBudget, ParityCNN, ParityGCNN, fit_size, run_parity,
+                     summarize_parity)
 from .unequivariance import LN2, UnequivarianceNet, learn_unequivariance
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ANGLES",
     "fit_size",
     "run_parity",
+    "summarize_parity",
     "UnequivarianceNet",
     "learn_unequivariance",
     "LN2",

@@ -30,7 +30,7 @@ from ..models.common import check_int
 from ..nn import EquivarianceWarning, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, InvariantPool, LiftingConv2d
 
 __all__ = ["ParityGCNN", "ParityCNN", "fit_size", "train_classifier", "rotated_accuracy", "ParityBudget",
-           "PARITY_BUDGETS", "ANGLES", "mean_accuracy", "run_parity"]
+           "PARITY_BUDGETS", "ANGLES", "mean_accuracy", "run_parity", "summarize_parity"]
 
 #: The evaluation angles (degrees): 0, 10, ..., 350.
 ANGLES: tuple[int, ...] = tuple(range(0, 360, 10))
@@ -126,8 +126,9 @@ PARITY_BUDGETS: dict[str, ParityBudget] = {
 
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> list[float]:
-    """Adam on cross-entropy; returns the mean training loss of each epoch. ``images`` ``[N, C, H, W]``."""
+                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, log=None) -> list[float]:
+    """Adam on cross-entropy; returns the mean training loss of each epoch. ``images`` ``[N, C, H, W]``.
+    ``log`` (e.g. ``print``), if given, gets one progress line per epoch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -144,6 +145,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             total += loss.item() * len(idx)
             count += len(idx)
         losses.append(total / max(count, 1))
+        if log is not None:
+            log(f"  epoch {len(losses)}/{epochs}: train loss {losses[-1]:.4f}")
     return losses
 
 
@@ -188,7 +191,7 @@ def run_parity(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tenso
         with warnings.catch_warnings():  # the inexact sizes are inexact on purpose
             warnings.simplefilter("ignore", EquivarianceWarning)
             losses = train_classifier(model, fit_size(xtr, size), ytr, budget.epochs, budget.batch_size,
-                                      budget.lr, seed)
+                                      budget.lr, seed, log=log)
             acc = rotated_accuracy(model, fit_size(xte, size), yte)
         row = {"model": name, "size": size, "exact": exact, "mean_acc": mean_accuracy(acc),
                "train_loss": losses[-1], "seconds": time.perf_counter() - t0}
@@ -197,3 +200,58 @@ def run_parity(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tenso
         log(f"{name} size {size} ({'exact' if exact else 'inexact'}): mean accuracy over {len(acc)} angles "
             f"{row['mean_acc']:.4f} (upright {acc[0]:.4f}), {row['seconds']:.1f}s")
     return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    m = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarize_parity(rows: list[dict]) -> tuple[list[dict], dict[str, tuple[float, float, int]]]:
+    """Aggregate :func:`run_parity` rows from one or more seeds (each row with a ``seed`` key).
+
+    Returns ``(per_model, groups)``. ``per_model`` has one row per (model, size) with the number of seeds
+    ``n`` and, as mean and sample std over seeds (``<key>`` and ``<key>_std``): ``mean_acc`` (over the 36
+    angles), ``acc_0``, ``right`` (the mean accuracy at 90, 180 and 270 degrees) and ``drop = acc_0 - right``
+    (exactly 0 for an exact network). ``groups`` maps ``"exact"``, ``"inexact"`` (C4 GCNNs at exact and
+    inexact sizes) and ``"z2"`` to ``(mean, std, n_seeds)`` of the per-seed mean of ``mean_acc`` over the
+    group's sizes: the paper's three numbers."""
+    if not rows:
+        raise ValueError("summarize_parity: rows is empty")
+    for r in rows:
+        if "seed" not in r:
+            raise ValueError("summarize_parity: every row needs a 'seed' key")
+    keys = list(dict.fromkeys((r["model"], int(r["size"])) for r in rows))
+    per_model = []
+    for model, size in keys:
+        sel = [r for r in rows if r["model"] == model and int(r["size"]) == size]
+        out: dict = {"model": model, "size": size, "exact": sel[0]["exact"], "n": len(sel)}
+        series = {
+            "mean_acc": [float(r["mean_acc"]) for r in sel],
+            "acc_0": [float(r["acc_0"]) for r in sel],
+            "right": [(float(r["acc_90"]) + float(r["acc_180"]) + float(r["acc_270"])) / 3 for r in sel],
+        }
+        series["drop"] = [a - b for a, b in zip(series["acc_0"], series["right"])]
+        for k, v in series.items():
+            out[k], out[f"{k}_std"] = _mean_std(v)
+        per_model.append(out)
+
+    def group_of(r: dict) -> str:
+        if r["model"] != "gcnn_c4":
+            return "z2"
+        return "exact" if str(r["exact"]) in ("True", "true", "1") or r["exact"] is True else "inexact"
+
+    groups: dict[str, tuple[float, float, int]] = {}
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    for g in ("exact", "inexact", "z2"):
+        per_seed = []
+        for sd in seeds:
+            vals = [float(r["mean_acc"]) for r in rows if r["seed"] == sd and group_of(r) == g]
+            if vals:
+                per_seed.append(math.fsum(vals) / len(vals))
+        if per_seed:
+            groups[g] = (*_mean_std(per_seed), len(per_seed))
+    return per_model, groups

@@ -38,12 +38,17 @@ sections or keys and malformed values raise :class:`ConfigError` naming the sect
 
 Training: Adam(lr0, weight_decay=decay), cross-entropy, ReduceLROnPlateau on the validation loss, the model
 with the lowest validation loss is kept and evaluated on the test set (test error = fraction misclassified).
+A finished run leaves ``result.json`` (its configuration and result) in its directory; running the same
+configuration into that directory again reuses it instead of training (so an interrupted sweep restarts where
+it stopped, and a sweep can be extended, e.g. to N = 16, without redoing the others). A run with a different
+configuration trains again and overwrites it.
 """
 from __future__ import annotations
 
 import configparser
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
@@ -250,8 +255,17 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
                ) -> dict[str, Any]:
     """Train and test one configuration; writes ``csvfile``, ``modfile`` and ``config.ini`` into
     ``[output] directory`` atomically. Returns ``{"name", "base", "nrot", "params", "epochs", "best_epoch",
-    "best_val_loss", "val_error", "test_error", "seconds"}``."""
+    "best_val_loss", "val_error", "test_error", "seconds"}``. Reuses a finished run of the same configuration
+    found in the directory (``result.json``)."""
     t_cfg, o_cfg = cfg["training"], cfg["output"]
+    out_dir = Path(o_cfg["directory"])
+    try:
+        saved = json.loads((out_dir / "result.json").read_text())
+        if saved["config"] == config_to_ini(cfg) and (out_dir / o_cfg["modfile"]).is_file():
+            log(f"{cfg.run_name}: reusing the finished run in {out_dir}")
+            return saved["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     data = load_radio_data(cfg) if data is None else data
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])
@@ -269,8 +283,8 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
     opt = torch.optim.Adam(model.parameters(), lr=t_cfg["lr0"], weight_decay=t_cfg["decay"])
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=t_cfg["lr_factor"],
                                                        patience=t_cfg["lr_patience"])
-    out_dir = Path(o_cfg["directory"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").unlink(missing_ok=True)
     write_text(out_dir / "config.ini", config_to_ini(cfg))
     rows: list[dict[str, Any]] = []
     best = (math.inf, 0, math.nan)
@@ -303,11 +317,13 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
             f"val error {val_err:.3f}")
     model.load_state_dict(torch.load(out_dir / o_cfg["modfile"], weights_only=True)["state_dict"])
     _, test_err = _evaluate(model, xte, yte, bs)
-    return {"name": cfg.run_name, "base": cfg["model"]["base"],
-            "nrot": 1 if cfg["model"]["base"] == "vanilla" else cfg["model"]["nrot"],
-            "params": count_parameters(model), "epochs": t_cfg["epochs"], "best_epoch": best[1],
-            "best_val_loss": best[0], "val_error": best[2], "test_error": test_err,
-            "seconds": time.perf_counter() - t0}
+    result = {"name": cfg.run_name, "base": cfg["model"]["base"],
+              "nrot": 1 if cfg["model"]["base"] == "vanilla" else cfg["model"]["nrot"],
+              "params": count_parameters(model), "epochs": t_cfg["epochs"], "best_epoch": best[1],
+              "best_val_loss": best[0], "val_error": best[2], "test_error": test_err,
+              "seconds": time.perf_counter() - t0}
+    write_text(out_dir / "result.json", json.dumps({"config": config_to_ini(cfg), "result": result}, indent=1))
+    return result
 
 
 def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: tuple[str, ...] = ("CN", "DN"),
