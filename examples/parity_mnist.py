@@ -127,7 +127,8 @@ def write_outputs(out: Path, budget_name: str, seeds: list[int], rows: list[dict
     save_figure(fig, out / "parity.png")
 
     def pm(mean: float, std: float) -> str:
-        return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if len(seeds) > 1 else "")
+        # round first so that a float-noise -1e-17 prints as 0.0, not -0.0
+        return f"{round(100 * mean, 1) + 0.0:.1f}" + (f" ± {round(100 * std, 1) + 0.0:.1f}" if len(seeds) > 1 else "")
 
     table = markdown_table(
         [{"model": m["model"], "size": m["size"],
