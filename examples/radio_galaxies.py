@@ -5,8 +5,9 @@
 
 The configuration keys are documented in gconv_ext.experiments.radio. A sweep runs the vanilla LeNet and
 C_N, D_N for N in --nrots (default 2,4,8,16), each in <directory>/<name>/, and writes results.csv,
-results.md (table) and test_error_vs_N.png into <directory>, atomically. --epochs, --max-train and
---max-test override the config for quick runs.
+results.md (table) and test_error_vs_N.png into <directory>, atomically. --epochs, --max-train,
+--max-test and --seed override the config (quick runs, repeats with other seeds). Finished runs of the same
+configuration are reused, so an interrupted or extended sweep only trains what is missing.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--max-test", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="override [training] seed (split, init, augmentation)")
     ap.add_argument("--out", default=None, help="override [output] directory")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         over = {k: v for k, v in (("epochs", args.epochs), ("max_train", args.max_train),
-                                  ("max_test", args.max_test)) if v is not None}
+                                  ("max_test", args.max_test),
+                                  ("seed", args.seed)) if v is not None}
         cfg = cfg.replace(training=over, **({"output": {"directory": args.out}} if args.out else {}))
         if args.sweep:
             nrots = tuple(int(v) for v in args.nrots.split(","))
