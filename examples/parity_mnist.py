@@ -37,31 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gconv_ext.analysis import ANGLES, PARITY_BUDGETS, run_parity, summarize_parity  # noqa: E402
 from gconv_ext.analysis.report import markdown_table, save_figure, write_csv, write_text  # noqa: E402
+from gconv_ext.cli import positive_int, seed_list  # noqa: E402
 from gconv_ext.data import load_mnist  # noqa: E402
 
 COLUMNS = ["seed", "model", "size", "exact", "mean_acc", "train_loss", "seconds"] + [f"acc_{a}" for a in ANGLES]
-
-
-def seed_list(text: str) -> list[int]:
-    """argparse type: comma-separated distinct integers >= 0."""
-    try:
-        seeds = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers >= 0, got {text!r}")
-    return seeds
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def run_meta(budget_name: str, seed: int) -> dict:

@@ -8,6 +8,13 @@ C_N, D_N for N in --nrots (default 2,4,8,16), each in <directory>/<name>/, and w
 results.md (table) and test_error_vs_N.png into <directory>, atomically. --epochs, --max-train,
 --max-test and --seed override the config (quick runs, repeats with other seeds). Finished runs of the same
 configuration are reused, so an interrupted or extended sweep only trains what is missing.
+
+    python examples/radio_galaxies.py --config examples/configs/frdeep_sweep.ini --sweep --nrots 4 \
+        --epochs 20 --seeds 0,1,2 --out runs/radio20
+
+--seeds runs the sweep once per seed (each its own validation split, initialisation and augmentation) into
+<directory>/seed<k>/ and writes summary.csv, summary.md (per-seed test errors, mean ± std over seeds) and
+test_error_vs_N.png (with error bars) into <directory>.
 """
 from __future__ import annotations
 
@@ -19,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from gconv_ext.experiments.radio import ConfigError, load_config, run_config, run_sweep
+from gconv_ext.cli import seed_list  # noqa: E402
+from gconv_ext.experiments.radio import (ConfigError, load_config, run_config, run_seeds,  # noqa: E402
+                                         run_sweep)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train", type=int, default=None)
     ap.add_argument("--max-test", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None, help="override [training] seed (split, init, augmentation)")
+    ap.add_argument("--seeds", type=seed_list, default=None,
+                    help="with --sweep: one sweep per seed into <out>/seed<k>, then summary.md/csv (mean ± std)")
     ap.add_argument("--out", default=None, help="override [output] directory")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
+    if args.seeds is not None and (args.seed is not None or not args.sweep):
+        ap.error("--seeds needs --sweep and replaces --seed")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -45,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cfg.replace(training=over, **({"output": {"directory": args.out}} if args.out else {}))
         if args.sweep:
             nrots = tuple(int(v) for v in args.nrots.split(","))
-            results = run_sweep(cfg, nrots, tuple(args.bases.split(",")))
-            print((Path(cfg["output"]["directory"]) / "results.md").read_text())
+            if args.seeds is not None:
+                run_seeds(cfg, tuple(args.seeds), nrots, tuple(args.bases.split(",")))
+                print((Path(cfg["output"]["directory"]) / "summary.md").read_text())
+            else:
+                run_sweep(cfg, nrots, tuple(args.bases.split(",")))
+                print((Path(cfg["output"]["directory"]) / "results.md").read_text())
         else:
             results = [run_config(cfg)]
             print(results[0])

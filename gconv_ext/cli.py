@@ -26,7 +26,7 @@ from typing import Any
 from gconv_ext.data.paths import DataFileError, DataFileNotFoundError, default_data_dir
 from gconv_ext.train.registry import available_models, build_model
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "seed_list", "positive_int"]
 
 
 def _number(cast: type, minimum: float, strict: bool, what: str):
@@ -43,6 +43,18 @@ def _number(cast: type, minimum: float, strict: bool, what: str):
 
 
 _positive_int = _number(int, 0, True, "a positive integer")
+positive_int = _positive_int  # argparse types shared with the example scripts
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type: comma-separated distinct integers >= 0 (``"0,1,2"``)."""
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers >= 0, got {text!r}")
+    return seeds
 _nonneg_int = _number(int, 0, False, "an integer >= 0")
 _positive_float = _number(float, 0.0, True, "a finite positive number")
 _nonneg_float = _number(float, 0.0, False, "a finite number >= 0")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gconv_ext.analysis import exact_input_sizes, layer_equivariance_errors
-from gconv_ext.experiments.radio import ConfigError, config_to_ini, load_config, parse_config
+from gconv_ext.experiments.radio import ConfigError, config_to_ini, load_config, parse_config, summarize_seeds
 from gconv_ext.models import EquivariantLeNet, VanillaLeNet, lenet, lenet_feature_size, pad_to_odd
 from gconv_ext.nn import EquivarianceWarning, check_exact
 
@@ -149,3 +149,48 @@ def test_tiny_sweep_smoke(tmp_path, shared_data_dir):
                           + cmd[cmd.index("--max-train"):], check=True, capture_output=True, text=True, timeout=60)
     assert "reusing" not in more.stdout
     assert len(list(csv.DictReader(open(out / "C2" / "log.csv")))) == 2
+
+
+def test_seeds_sweep_summary(tmp_path, shared_data_dir):
+    cfg = tmp_path / "sweep.ini"
+    cfg.write_text((REPO / "examples" / "configs" / "frdeep_sweep.ini").read_text().replace(
+        "datadir =", f"datadir = {shared_data_dir}").replace("imsize = 150", "imsize = 46"))
+    out = tmp_path / "seeds"
+    base = [sys.executable, str(REPO / "examples" / "radio_galaxies.py"), "--config", str(cfg), "--epochs", "1",
+            "--max-train", "20", "--max-test", "10", "--threads", "1", "--out", str(out)]
+    res = subprocess.run(base + ["--sweep", "--nrots", "2", "--bases", "CN", "--seeds", "0,1"],
+                         capture_output=True, text=True, timeout=90)
+    assert res.returncode == 0, res.stderr
+    per_seed = {s: list(csv.DictReader(open(out / f"seed{s}" / "results.csv"))) for s in (0, 1)}
+    assert all([r["name"] for r in rows] == ["vanilla", "C2"] for rows in per_seed.values())
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["name"] for r in summary] == ["vanilla", "C2"]
+    for i, row in enumerate(summary):
+        errs = [float(per_seed[s][i]["test_error"]) for s in (0, 1)]
+        assert float(row["test_error_seed0"]) == pytest.approx(errs[0])
+        assert float(row["test_error_seed1"]) == pytest.approx(errs[1])
+        assert float(row["test_error"]) == pytest.approx(sum(errs) / 2, abs=1e-5)
+        assert float(row["test_error_std"]) == pytest.approx(abs(errs[0] - errs[1]) / 2 ** 0.5, abs=1e-5)
+    # the seeds differ (split, initialisation, augmentation): their training logs are not identical
+    logs = [(out / f"seed{s}" / "C2" / "log.csv").read_text() for s in (0, 1)]
+    assert logs[0] != logs[1]
+    assert "2 seeds" in (out / "summary.md").read_text() and "| C2 |" in (out / "summary.md").read_text()
+    assert (out / "test_error_vs_N.png").stat().st_size > 1000
+    again = subprocess.run(base + ["--sweep", "--nrots", "2", "--bases", "CN", "--seeds", "0,1"],
+                           capture_output=True, text=True, timeout=90, check=True)
+    assert again.stdout.count("reusing the finished run") == 4
+    for bad in (["--sweep", "--seeds", "0,0"], ["--seeds", "0,1"], ["--sweep", "--seeds", "0,1", "--seed", "3"],
+                ["--sweep", "--seeds", "x"]):
+        r = subprocess.run(base + bad, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--seeds" in r.stderr, (bad, r.stderr)
+
+
+def test_summarize_seeds_checks_models():
+    row = {"name": "vanilla", "base": "vanilla", "nrot": 1, "params": 10, "test_error": 0.1, "val_error": 0.2,
+           "best_epoch": 3, "seconds": 1.0}
+    (s,) = summarize_seeds({0: [row]})
+    assert s["test_error"] == 0.1 and s["test_error_std"] == 0.0 and s["seeds"] == 1
+    with pytest.raises(ValueError, match="different models"):
+        summarize_seeds({0: [row], 1: [dict(row, name="C4")]})
+    with pytest.raises(ValueError, match="empty"):
+        summarize_seeds({})

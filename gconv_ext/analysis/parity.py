@@ -28,6 +28,7 @@ from ..data import rotate
 from ..groups import Group, group_from_name
 from ..models.common import check_int
 from ..nn import EquivarianceWarning, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, InvariantPool, LiftingConv2d
+from .report import mean_std
 
 __all__ = ["ParityGCNN", "ParityCNN", "fit_size", "train_classifier", "rotated_accuracy", "ParityBudget",
            "PARITY_BUDGETS", "ANGLES", "mean_accuracy", "run_parity", "summarize_parity"]
@@ -202,14 +203,6 @@ def run_parity(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tenso
     return rows
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    m = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
 def summarize_parity(rows: list[dict]) -> tuple[list[dict], dict[str, tuple[float, float, int]]]:
     """Aggregate :func:`run_parity` rows from one or more seeds (each row with a ``seed`` key).
 
@@ -236,7 +229,7 @@ def summarize_parity(rows: list[dict]) -> tuple[list[dict], dict[str, tuple[floa
         }
         series["drop"] = [a - b for a, b in zip(series["acc_0"], series["right"])]
         for k, v in series.items():
-            out[k], out[f"{k}_std"] = _mean_std(v)
+            out[k], out[f"{k}_std"] = mean_std(v)
         per_model.append(out)
 
     def group_of(r: dict) -> str:
@@ -253,5 +246,5 @@ def summarize_parity(rows: list[dict]) -> tuple[list[dict], dict[str, tuple[floa
             if vals:
                 per_seed.append(math.fsum(vals) / len(vals))
         if per_seed:
-            groups[g] = (*_mean_std(per_seed), len(per_seed))
+            groups[g] = (*mean_std(per_seed), len(per_seed))
     return per_model, groups

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Sequence
 
 from ..data.paths import atomic_write_bytes
 
-__all__ = ["write_csv", "write_text", "save_figure", "markdown_table"]
+__all__ = ["write_csv", "write_text", "save_figure", "markdown_table", "mean_std"]
 
 
 def write_csv(path: str | os.PathLike[str], rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
@@ -52,3 +53,14 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequen
         cells = [fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values`` (std 0 for a single value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std: values is empty")
+    m = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))

@@ -59,13 +59,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..analysis.report import markdown_table, save_figure, write_csv, write_text
+from ..analysis.report import markdown_table, mean_std, save_figure, write_csv, write_text
 from ..data import atomic_torch_save, load_frdeep, load_mirabest_early, random_rotation
 from ..models.common import count_parameters
 from ..models.lenet import lenet, pad_to_odd
 
 __all__ = ["ConfigError", "RadioConfig", "parse_config", "load_config", "config_to_ini", "load_radio_data",
-           "run_config", "run_sweep", "SCHEMA"]
+           "run_config", "run_sweep", "run_seeds", "summarize_seeds", "SCHEMA"]
 
 
 class ConfigError(ValueError):
@@ -356,24 +356,91 @@ def _write_sweep(cfg: RadioConfig, results: list[dict[str, Any]], root: Path) ->
                f"rotation augmentation {'on' if t['augment_rotation'] else 'off'}, seed {t['seed']}"
                f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
                f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}.\n\n{table}")
+    _plot_vs_n(results, root / "test_error_vs_N.png", f"{d['dataset']}, {t['epochs']} epoch(s)")
+
+
+def _plot_vs_n(rows: list[dict[str, Any]], path: Path, title: str, std_key: str | None = None) -> None:
+    """Test error vs N for C_N and D_N (error bars from ``std_key`` when given), vanilla as a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for base, marker in (("CN", "o"), ("DN", "s")):
-        pts = sorted((r["nrot"], r["test_error"]) for r in results if r["base"] == base)
+        pts = sorted((r["nrot"], r["test_error"], r[std_key] if std_key else 0.0) for r in rows if r["base"] == base)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=f"{base[0]}_N")
-    for r in results:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts] if std_key else None,
+                        marker=marker, capsize=3, label=f"{base[0]}_N")
+    for r in rows:
         if r["base"] == "vanilla":
             ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla")
     ax.set_xscale("log", base=2)
-    ns = sorted({r["nrot"] for r in results if r["base"] != "vanilla"})
+    ns = sorted({r["nrot"] for r in rows if r["base"] != "vanilla"})
     if ns:
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
     ax.set_xlabel("N")
-    ax.set_ylabel("test error")
-    ax.set_title(f"{d['dataset']}, {t['epochs']} epoch(s)")
+    ax.set_ylabel("test error" + (" (mean ± std over seeds)" if std_key else ""))
+    ax.set_title(title)
     ax.legend()
-    save_figure(fig, root / "test_error_vs_N.png")
+    save_figure(fig, path)
+
+
+def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per model from the sweep results of several seeds (``{seed: run_sweep(...) rows}``): the
+    per-seed test errors (``test_error_seed<k>``), and mean and sample std over seeds of the test error,
+    the validation error and the best epoch. Every seed must have run the same models."""
+    if not results:
+        raise ValueError("summarize_seeds: results is empty")
+    names = [[r["name"] for r in rows] for rows in results.values()]
+    if any(n != names[0] for n in names):
+        raise ValueError(f"summarize_seeds: the seeds ran different models: {names}")
+    summary = []
+    for i, name in enumerate(names[0]):
+        per_seed = {seed: rows[i] for seed, rows in results.items()}
+        first = next(iter(per_seed.values()))
+        row: dict[str, Any] = {"name": name, "base": first["base"], "nrot": first["nrot"], "params": first["params"],
+                               "seeds": len(per_seed)}
+        row.update({f"test_error_seed{seed}": r["test_error"] for seed, r in per_seed.items()})
+        for key in ("test_error", "val_error", "best_epoch", "seconds"):
+            row[key], row[f"{key}_std"] = mean_std([r[key] for r in per_seed.values()])
+        summary.append(row)
+    return summary
+
+
+def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] = (2, 4, 8, 16),
+              bases: tuple[str, ...] = ("CN", "DN"), log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """:func:`run_sweep` once per seed (``[training] seed`` replaced) into ``<directory>/seed<k>``, then
+    ``summary.csv``, ``summary.md`` (mean ± std over seeds) and ``test_error_vs_N.png`` into ``<directory>``.
+    Finished runs are reused as in :func:`run_sweep`. Returns :func:`summarize_seeds` of the results."""
+    if not seeds or len(set(seeds)) != len(seeds) or any(int(s) < 0 for s in seeds):
+        raise ConfigError(f"seeds: expected distinct integers >= 0, got {list(seeds)}")
+    root = Path(cfg["output"]["directory"])
+    results = {}
+    for seed in seeds:
+        log(f"== seed {seed}")
+        results[seed] = run_sweep(cfg.replace(training={"seed": seed}, output={"directory": str(root / f"seed{seed}")}),
+                                  nrots, bases, log)
+    summary = summarize_seeds(results)
+    write_csv(root / "summary.csv", summary)
+    t, d = cfg["training"], cfg["data"]
+    cols = ["name", "params"] + [f"test_error_seed{s}" for s in seeds]
+    table_rows = [{**r, "params": f"{r['params']:,}",
+                   "test": f"{r['test_error']:.3f} ± {r['test_error_std']:.3f}",
+                   "val": f"{r['val_error']:.3f} ± {r['val_error_std']:.3f}",
+                   "epoch": f"{r['best_epoch']:.1f}", "sec": f"{r['seconds']:.0f}"} for r in summary]
+    table = markdown_table(table_rows, cols + ["test", "val", "epoch", "sec"],
+                           ["model", "parameters"] + [f"test error, seed {s}" for s in seeds]
+                           + ["test error (mean ± std)", "val error (mean ± std)", "best epoch (mean)",
+                              "seconds (mean)"], fmt="{:.3f}")
+    write_text(root / "summary.md",
+               f"# Radio galaxies: LeNet sweep over {len(seeds)} seeds ({d['dataset']})\n\n{t['epochs']} epoch(s), "
+               f"batch {t['batch_size']}, Adam lr {t['lr0']} (weight decay {t['decay']}), imsize {t['imsize']} -> "
+               f"input {cfg.input_size}, rotation augmentation {'on' if t['augment_rotation'] else 'off'}, "
+               f"seeds {','.join(map(str, seeds))} (each seed: its own validation split, initialisation and "
+               f"augmentation)"
+               f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
+               f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}; mean ± sample std over seeds.\n\n"
+               f"{table}")
+    _plot_vs_n(summary, root / "test_error_vs_N.png",
+               f"{d['dataset']}, {t['epochs']} epoch(s), {len(seeds)} seeds", std_key="test_error_std")
+    return summary
