@@ -23,6 +23,8 @@ Budgets:
   C4/4/16: 102,970), 2,000 training / 1,000 validation digits, 2 epochs, the first 5,000 test digits (about
   10-15 minutes on 2 CPU cores). Far from the full protocol (10,000 digits, up to 20 epochs, all 50,000 test
   digits): read its numbers as a smoke-level comparison.
+* ``medium``: parameter-matched presets, all 10,000 / 2,000 digits, 5 epochs, the first 10,000 test digits
+  (about 30-40 minutes on 2 CPU cores).
 * ``full``: parameter-matched presets, all 10,000 / 2,000 digits, up to 20 epochs (patience 5), all 50,000
   test digits (hours on a CPU; meant for a GPU).
 
@@ -51,6 +53,8 @@ BUDGETS = {
                   test_limit=2000, angles=(0.0, 45.0, 90.0)),
     "small": dict(ien_preset="matched", gcnn_preset="C4/4/16", train_limit=2000, val_limit=1000, epochs=2,
                   test_limit=5000, angles=(0.0, 45.0, 90.0)),
+    "medium": dict(ien_preset="matched", gcnn_preset="C4/4/16", train_limit=None, val_limit=None, epochs=5,
+                   test_limit=10000, angles=(0.0, 45.0, 90.0)),
     "full": dict(ien_preset="matched", gcnn_preset="C4/4/16", train_limit=None, val_limit=None, epochs=20,
                  test_limit=None, angles=tuple(float(a) for a in range(0, 360, 15))),
 }
