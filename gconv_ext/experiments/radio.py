@@ -372,7 +372,9 @@ def _plot_vs_n(rows: list[dict[str, Any]], path: Path, title: str, std_key: str 
                         marker=marker, capsize=3, label=f"{base[0]}_N")
     for r in rows:
         if r["base"] == "vanilla":
-            ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla")
+            ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla" + (" (± std)" if std_key else ""))
+            if std_key:
+                ax.axhspan(r["test_error"] - r[std_key], r["test_error"] + r[std_key], color="grey", alpha=0.15)
     ax.set_xscale("log", base=2)
     ns = sorted({r["nrot"] for r in rows if r["base"] != "vanilla"})
     if ns:
