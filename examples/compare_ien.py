@@ -24,7 +24,7 @@ Budgets:
   10-15 minutes on 2 CPU cores). Far from the full protocol (10,000 digits, up to 20 epochs, all 50,000 test
   digits): read its numbers as a smoke-level comparison.
 * ``medium``: parameter-matched presets, all 10,000 / 2,000 digits, 5 epochs, the first 10,000 test digits
-  (about 30-40 minutes on 2 CPU cores).
+  (about 50 minutes on 2 CPU cores shared with other jobs).
 * ``full``: parameter-matched presets, all 10,000 / 2,000 digits, up to 20 epochs (patience 5), all 50,000
   test digits (hours on a CPU; meant for a GPU).
 
