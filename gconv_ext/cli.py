@@ -43,6 +43,10 @@ def _number(cast: type, minimum: float, strict: bool, what: str):
 
 
 _positive_int = _number(int, 0, True, "a positive integer")
+_nonneg_int = _number(int, 0, False, "an integer >= 0")
+_positive_float = _number(float, 0.0, True, "a finite positive number")
+_nonneg_float = _number(float, 0.0, False, "a finite number >= 0")
+
 positive_int = _positive_int  # argparse types shared with the example scripts
 
 
@@ -55,9 +59,6 @@ def seed_list(text: str) -> list[int]:
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers >= 0, got {text!r}")
     return seeds
-_nonneg_int = _number(int, 0, False, "an integer >= 0")
-_positive_float = _number(float, 0.0, True, "a finite positive number")
-_nonneg_float = _number(float, 0.0, False, "a finite number >= 0")
 
 
 def _model_arg(text: str) -> tuple[str, Any]:

@@ -1,4 +1,5 @@
-"""Atomic writers for experiment outputs: CSV tables, markdown/text and matplotlib figures (PNG).
+"""Atomic writers for experiment outputs: CSV tables, markdown/text and matplotlib figures (PNG); and
+:func:`mean_std`, the mean ± sample std used by the multi-seed summaries.
 
 Every writer renders the whole file in memory and hands it to
 :func:`gconv_ext.data.paths.atomic_write_bytes` (temp file, fsync, ``os.replace``), so a reader never sees a

@@ -344,18 +344,24 @@ def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: t
     return results
 
 
+def _settings_line(cfg: RadioConfig, seed_text: str) -> str:
+    """The training settings of a sweep, for the heading of its markdown table."""
+    t = cfg["training"]
+    return (f"{t['epochs']} epoch(s), batch {t['batch_size']}, Adam lr {t['lr0']} (weight decay {t['decay']}), "
+            f"imsize {t['imsize']} -> input {cfg.input_size}, rotation augmentation "
+            f"{'on' if t['augment_rotation'] else 'off'}, {seed_text}"
+            f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
+            f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}")
+
+
 def _write_sweep(cfg: RadioConfig, results: list[dict[str, Any]], root: Path) -> None:
     write_csv(root / "results.csv", results)
     t, d = cfg["training"], cfg["data"]
     table = markdown_table(results, ["name", "params", "epochs", "best_epoch", "val_error", "test_error", "seconds"],
                            ["model", "parameters", "epochs", "best epoch (val loss)", "val error", "test error",
                             "seconds"], fmt="{:.3f}")
-    write_text(root / "results.md",
-               f"# Radio galaxies: LeNet sweep ({d['dataset']})\n\n{t['epochs']} epoch(s), batch {t['batch_size']}, "
-               f"Adam lr {t['lr0']} (weight decay {t['decay']}), imsize {t['imsize']} -> input {cfg.input_size}, "
-               f"rotation augmentation {'on' if t['augment_rotation'] else 'off'}, seed {t['seed']}"
-               f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
-               f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}.\n\n{table}")
+    write_text(root / "results.md", f"# Radio galaxies: LeNet sweep ({d['dataset']})\n\n"
+               f"{_settings_line(cfg, 'seed ' + str(t['seed']))}.\n\n{table}")
     _plot_vs_n(results, root / "test_error_vs_N.png", f"{d['dataset']}, {t['epochs']} epoch(s)")
 
 
@@ -389,8 +395,8 @@ def _plot_vs_n(rows: list[dict[str, Any]], path: Path, title: str, std_key: str 
 
 def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per model from the sweep results of several seeds (``{seed: run_sweep(...) rows}``): the
-    per-seed test errors (``test_error_seed<k>``), and mean and sample std over seeds of the test error,
-    the validation error and the best epoch. Every seed must have run the same models."""
+    per-seed test errors (``test_error_seed<k>``), and mean and sample std over seeds (``<key>``, ``<key>_std``)
+    of the test error, the validation error, the best epoch and the seconds. Every seed must have run the same models."""
     if not results:
         raise ValueError("summarize_seeds: results is empty")
     names = [[r["name"] for r in rows] for rows in results.values()]
@@ -434,15 +440,10 @@ def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] =
                            ["model", "parameters"] + [f"test error, seed {s}" for s in seeds]
                            + ["test error (mean ± std)", "val error (mean ± std)", "best epoch (mean)",
                               "seconds (mean)"], fmt="{:.3f}")
-    write_text(root / "summary.md",
-               f"# Radio galaxies: LeNet sweep over {len(seeds)} seeds ({d['dataset']})\n\n{t['epochs']} epoch(s), "
-               f"batch {t['batch_size']}, Adam lr {t['lr0']} (weight decay {t['decay']}), imsize {t['imsize']} -> "
-               f"input {cfg.input_size}, rotation augmentation {'on' if t['augment_rotation'] else 'off'}, "
-               f"seeds {','.join(map(str, seeds))} (each seed: its own validation split, initialisation and "
-               f"augmentation)"
-               f"{', max_train ' + str(t['max_train']) if t['max_train'] else ''}"
-               f"{', max_test ' + str(t['max_test']) if t['max_test'] else ''}; mean ± sample std over seeds.\n\n"
-               f"{table}")
+    seeds_text = (f"seeds {','.join(map(str, seeds))} (each seed: its own validation split, initialisation and "
+                  f"augmentation)")
+    write_text(root / "summary.md", f"# Radio galaxies: LeNet sweep over {len(seeds)} seeds ({d['dataset']})\n\n"
+               f"{_settings_line(cfg, seeds_text)}; mean ± sample std over seeds.\n\n{table}")
     _plot_vs_n(summary, root / "test_error_vs_N.png",
                f"{d['dataset']}, {t['epochs']} epoch(s), {len(seeds)} seeds", std_key="test_error_std")
     return summary
