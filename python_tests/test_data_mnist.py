@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import re
 import shutil
 import struct
 import sys
+import tracemalloc
 import types
 import warnings
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -338,6 +341,122 @@ def test_unverified_consistency_checks(tmp_path: Path, raw_test_bytes: dict[str,
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(lab[:8] + bytes([12]) + lab[9:])
     with pytest.raises(DataFileError, match="label 12"):
         load_mnist("test", tmp_path, verify=False)
+
+
+def _gzip_bomb(path: Path, head: bytes, zeros_mib: int) -> int:
+    """Write a valid single-member gzip of ``head`` followed by ``zeros_mib`` MiB of zeros, built without ever
+    holding (or deflating) more than 8 MiB: after a full flush, deflating the same chunk gives the same bytes,
+    so the compressed chunk is written once per 8 MiB. Returns the decompressed size."""
+    chunk = bytes(8 << 20)
+    assert zeros_mib % 8 == 0
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = comp.compress(head) + comp.flush(zlib.Z_FULL_FLUSH)
+    block = comp.compress(chunk) + comp.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(head)
+    with open(path, "wb") as f:
+        f.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\xff")  # gzip header, no name, mtime 0
+        f.write(first)
+        for _ in range(zeros_mib // 8):
+            f.write(block)
+            crc = zlib.crc32(chunk, crc)
+        f.write(comp.flush())
+        size = len(head) + (zeros_mib << 20)
+        f.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+    return size
+
+
+def _peak_traced_bytes(fn: Callable[[], object]) -> tuple[BaseException | None, int]:
+    """Run ``fn`` under tracemalloc; return (the exception it raised or None, peak traced bytes)."""
+    tracemalloc.start()
+    try:
+        fn()
+        exc = None
+    except Exception as e:  # noqa: BLE001
+        exc = e
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return exc, peak
+
+
+def test_gzip_bomb_fails_fast_with_bounded_memory(tmp_path: Path, raw_test_bytes: dict[str, bytes]) -> None:
+    # A valid IDX header for the t10k images (7,840,016 bytes expected) followed by 512 MiB of zeros, in a
+    # ~0.5 MB valid gzip file. The loader must stop decompressing after the expected size.
+    _write_test_split(tmp_path, {"t10k-labels-idx1-ubyte": raw_test_bytes["t10k-labels-idx1-ubyte"]}, gz=False)
+    bomb = tmp_path / "t10k-images-idx3-ubyte.gz"
+    head = struct.pack(">IIII", 0x803, 10000, 28, 28)
+    size = _gzip_bomb(bomb, head, zeros_mib=512)
+    assert bomb.stat().st_size < 1 << 20 and size > 500 << 20
+    expected = MNIST_FILES["t10k-images-idx3-ubyte"].raw_size
+    with gzip.open(bomb) as gz:  # the bomb is a valid gzip that really holds more than the expected size
+        assert gz.read(16) == head and len(gz.read(expected)) == expected
+    for verify in (True, False):
+        exc, peak = _peak_traced_bytes(lambda: load_mnist("test", tmp_path, verify=verify))
+        assert isinstance(exc, DataFileError) and not isinstance(exc, ChecksumError), exc
+        msg = str(exc)
+        assert str(bomb) in msg and "too long" in msg and f"more than {expected} bytes" in msg
+        assert peak < 64 << 20, f"peak traced memory {peak / 2**20:.0f} MiB: the bomb was decompressed"
+
+
+@pytest.mark.parametrize(("head", "verify", "pattern"), [
+    (struct.pack(">IIII", 0x803, 60000, 28, 28), True, "declares 60000 items; expected 10000"),
+    (struct.pack(">IIII", 0x803, 0xFFFFFFFF, 28, 28), False, "declares 4294967295 items, more than the 10000"),
+    (struct.pack(">IIII", 0x803, 10000, 280, 28), False, r"expected \(N, 28, 28\)"),
+    (struct.pack(">IIII", 0x801, 10000, 28, 28), False, "bad IDX magic 0x801"),
+])
+def test_gzip_bomb_with_bad_header_fails_on_the_header(
+    tmp_path: Path, raw_test_bytes: dict[str, bytes], head: bytes, verify: bool, pattern: str
+) -> None:
+    _write_test_split(tmp_path, {"t10k-labels-idx1-ubyte": raw_test_bytes["t10k-labels-idx1-ubyte"]}, gz=False)
+    bomb = tmp_path / "t10k-images-idx3-ubyte.gz"
+    _gzip_bomb(bomb, head, zeros_mib=64)
+    exc, peak = _peak_traced_bytes(lambda: load_mnist("test", tmp_path, verify=verify))
+    assert isinstance(exc, DataFileError) and str(bomb) in str(exc), exc
+    assert re.search(pattern, str(exc)), str(exc)
+    assert peak < 8 << 20  # nothing beyond the header was decompressed
+
+
+def test_gz_trailing_data(tmp_path: Path, raw_test_bytes: dict[str, bytes]) -> None:
+    lab = raw_test_bytes["t10k-labels-idx1-ubyte"]
+    good = gzip.compress(lab, mtime=0)
+    # a second gzip member with one more byte: the content is one byte too long
+    target = _only_labels_differ(tmp_path, raw_test_bytes, good + gzip.compress(b"\x00"), "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DataFileError, match="too long: it decompresses to more than 10008 bytes") as info:
+        load_mnist("test", tmp_path)
+    assert str(target) in str(info.value)
+    # garbage after the gzip stream
+    target.write_bytes(good + b"trailing junk")
+    with pytest.raises(DataFileError, match="not a valid gzip") as info:
+        load_mnist("test", tmp_path)
+    assert str(target) in str(info.value)
+    # one byte short, in a valid gzip stream
+    target.write_bytes(gzip.compress(lab[:-1]))
+    with pytest.raises(DataFileError, match="truncated: it decompresses to 10007 bytes"):
+        load_mnist("test", tmp_path)
+    target.write_bytes(good)
+    x, y = load_mnist("test", tmp_path)  # the plain re-compressed file is fine (content MD5)
+    assert y.shape == (10000,)
+
+
+def test_original_gz_is_verified_by_its_own_md5(
+    tmp_path: Path, mnist_src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The MD5 of a .gz file is computed while it streams through the decompressor: for the original files it
+    # must match the known gzip MD5, so the decompressed content is never hashed (the fallback for re-compressed
+    # copies). A hash that missed some of the file's bytes would only pass through that fallback.
+    for name in TEST_FILES:
+        shutil.copy(mnist_src / f"{name}.gz", tmp_path / f"{name}.gz")
+    calls: list[int] = []
+    real = mnist.md5_bytes
+
+    def counting(data: bytes) -> str:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(mnist, "md5_bytes", counting)
+    x, _ = load_mnist("test", tmp_path)
+    assert x.shape == (10000, 28, 28) and calls == []
+    assert all(paths.is_verified(tmp_path / f"{n}.gz", MNIST_FILES[n].gz_md5) for n in TEST_FILES)
 
 
 # ------------------------------------------------------------------ download

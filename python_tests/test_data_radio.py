@@ -352,3 +352,68 @@ def test_restricted_unpickler_accepts_numpy_arrays() -> None:
         got = restricted_loads(pickle.dumps({"a": [arr], "s": np.str_("x"), "n": 5}, protocol=proto), "ok")
         assert np.array_equal(got["a"][0], arr) and got["a"][0].dtype == np.uint8
         assert got["s"] == "x" and got["n"] == 5
+
+
+def _batch_protocol2(n: int, side: int, labels: list[int]) -> bytes:
+    rng = np.random.default_rng(7 * n + side)
+    data = rng.integers(0, 256, size=(n, side * side), dtype=np.uint8)
+    return pickle.dumps({"batch_label": "b", "labels": labels, "data": data}, protocol=2)
+
+
+def test_protocol2_numpy_batch_from_python3_is_accepted(tmp_path: Path) -> None:
+    # Python 3 writes each bytes object of a protocol-2 pickle (here the array's data and its dtype code) as
+    # _codecs.encode(<str>, 'latin1'); that one call is safe and must not be refused.
+    blob = _batch_protocol2(3, 4, [0, 1, 1])
+    assert b"_codecs\nencode" in blob and blob[:2] == b"\x80\x02"
+    obj = restricted_loads(blob, "p2")
+    expected = pickle.loads(blob)
+    assert obj["labels"] == [0, 1, 1] and obj["data"].dtype == np.uint8
+    assert np.array_equal(obj["data"], expected["data"])
+    # ...through the loader: every batch and the meta pickled with protocol 2
+    _synthetic(tmp_path, data_batch_1=blob, data_batch_2=_batch_protocol2(2, 4, [1, 0]),
+               test_batch=_batch_protocol2(2, 4, [0, 0]),
+               **{"batches.meta": pickle.dumps({"label_names": ["FRI", "FRII"], "num_vis": 16}, protocol=2)})
+    got = load_cifar_style_batches(tmp_path)
+    assert got.train_images.shape == (5, 4, 4) and got.train_labels.tolist() == [0, 1, 1, 1, 0]
+    assert torch.equal(got.train_images[:3], torch.from_numpy(expected["data"].reshape(3, 4, 4)))
+    assert got.test_labels.tolist() == [0, 0] and got.label_names == ("FRI", "FRII")
+
+
+def _reduce_pickle(module: str, name: str, args: tuple[object, ...]) -> bytes:
+    """A protocol-2 pickle that calls ``module.name(*args)`` (GLOBAL + REDUCE), like a hostile file would."""
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + pickle.dumps(args, protocol=2)[2:-1] + b"R."
+
+
+@pytest.mark.parametrize(("module", "name", "args", "pattern"), [
+    ("os", "system", ("true",), "references os.system"),
+    ("posix", "system", ("true",), "references posix.system"),
+    ("builtins", "eval", ("1",), "references builtins.eval"),
+    ("__builtin__", "eval", ("1",), "references __builtin__.eval"),
+    ("_codecs", "decode", (b"x", "latin1"), "references _codecs.decode"),
+    ("codecs", "encode", ("x", "latin1"), "references codecs.encode"),
+    ("_codecs", "lookup", ("latin1",), "references _codecs.lookup"),
+    # _codecs.encode itself, but not in the (<str>, 'latin1') form numpy's protocol-2 pickles use
+    ("_codecs", "encode", ("x", "utf-8"), r"calls _codecs\.encode\('x', 'utf-8'\)"),
+    ("_codecs", "encode", ("x", "rot13"), "only _codecs.encode"),
+    ("_codecs", "encode", ("x", "latin1", "strict"), "only _codecs.encode"),
+    ("_codecs", "encode", ("x",), "only _codecs.encode"),
+    ("_codecs", "encode", (b"x", "latin1"), "only _codecs.encode"),
+    ("_codecs", "encode", ("x", ["latin1"]), "only _codecs.encode"),
+])
+def test_restricted_unpickler_refuses_other_callables(
+    tmp_path: Path, module: str, name: str, args: tuple[object, ...], pattern: str
+) -> None:
+    payload = _reduce_pickle(module, name, args)
+    with pytest.raises(UnsafePickleError, match=pattern) as info:
+        restricted_loads(payload, "hostile.pkl")
+    assert "hostile.pkl" in str(info.value)
+    _synthetic(tmp_path, data_batch_2=payload)
+    with pytest.raises(UnsafePickleError, match="data_batch_2"):
+        load_cifar_style_batches(tmp_path)
+
+
+def test_restricted_unpickler_latin1_encode_form_is_allowed() -> None:
+    # the exact call the pickles above stand in for, both spellings of the codec name
+    for enc in ("latin1", "latin-1"):
+        assert restricted_loads(_reduce_pickle("_codecs", "encode", ("\xff\x00a", enc)), "ok") == b"\xff\x00a"
+

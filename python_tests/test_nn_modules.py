@@ -69,7 +69,8 @@ def test_extra_repr():
     (lambda: gnn.GroupConv2d(1, 4, 3, 4), "group"),
     (lambda: gnn.GroupConv2d(1, 4, 3, "C4", stride=0), "stride"),
     (lambda: gnn.GroupConv2d(1, 4, 3, "C4", padding=-1), "padding"),
-    (lambda: gnn.GroupConv2d(1, 4, 3, "C4", padding="valid"), "padding"),
+    (lambda: gnn.GroupConv2d(1, 4, 3, "C4", padding="full"), "padding"),
+    (lambda: gnn.LiftingConv2d(1, 4, 3, "C4", padding="SAME"), "padding"),
     (lambda: gnn.GroupConv2d(1, 4, 3, "C4", stride=2, padding="same"), "padding='same' needs stride 1"),
     (lambda: gnn.GroupConv2d(1, 4, 4, "C4", padding="same"), "padding='same' needs an odd"),
     (lambda: gnn.GroupConv2d(1, 4, 3, "C4", dilation=(1, 0)), "dilation"),
@@ -84,10 +85,75 @@ def test_extra_repr():
     (lambda: gnn.InvariantPool("median"), "mode"),
     (lambda: gnn.GroupDropout(1.5), "p"),
     (lambda: gnn.GroupLayerNorm(eps=0), "eps"),
+    # non-finite and out-of-range numbers (fuzz finds: eps=NaN made every output NaN)
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", eps=float("nan")), "eps"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", eps=float("inf")), "eps"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", eps=-1e-5), "eps"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", eps="1e-5"), "eps"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", momentum=float("nan")), "momentum"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", momentum=2.0), "momentum"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", momentum=-1), "momentum"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", momentum=float("inf")), "momentum"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", momentum="0.1"), "momentum"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", affine=1), "affine"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", track_running_stats=None), "track_running_stats"),
+    (lambda: gnn.GroupBatchNorm2d(3, "C4", dtype=torch.int64), "dtype"),
+    (lambda: gnn.GroupLayerNorm(eps=float("nan")), "eps"),
+    (lambda: gnn.GroupLayerNorm(eps=float("inf")), "eps"),
+    (lambda: gnn.GroupLayerNorm(eps=True), "eps"),
+    (lambda: gnn.GroupDropout(float("nan")), "p"),
+    (lambda: gnn.GroupDropout(-0.1), "p"),
+    (lambda: gnn.GroupDropout("0.5"), "p"),
+    (lambda: gnn.GroupDropout(0.5, whole_channel=1), "whole_channel"),
+    (lambda: gnn.GroupPool(["max"]), "mode"),
+    (lambda: gnn.InvariantPool(None), "mode"),
+    (lambda: gnn.GroupMaxPool2d((2, 0)), "kernel_size"),
+    (lambda: gnn.GroupAvgPool2d(2.0), "kernel_size"),
+    (lambda: gnn.GroupAvgPool2d(2, stride=(1, 2, 3)), "stride"),
+    (lambda: gnn.GroupMaxPool2d(3, padding=-1), "padding"),
+    (lambda: gnn.GroupAvgPool2d(3, padding=True), "padding"),
+    (lambda: gnn.LiftingConv2d(1, 4, 3, "C4", stride=1.5), "stride"),
+    (lambda: gnn.GroupConv2d(1, 4, 3, "C4", padding=(1, 1, 1)), "padding"),
+    (lambda: gnn.GroupConv2d(True, 4, 3, "C4"), "in_channels"),
+    (lambda: gnn.GroupConv2d(1, 4, 3, "C4", dilation=0), "dilation"),
+    (lambda: gnn.GroupConv2d(1, 4, 3, "C4", dtype=torch.int32), "dtype"),
+    (lambda: gnn.ExportedGroupConv(nn.Linear(2, 4), "C4", 1, lifting=True), "conv"),
+    (lambda: gnn.ExportedGroupConv(nn.Conv2d(1, 4, 3), "C4", 2, lifting=True), "out_channels"),
 ])
 def test_bad_constructor_args(make, arg):
     with pytest.raises(ValueError, match=arg.replace("(", r"\(")):
         make()
+
+
+def test_batchnorm_momentum_none_and_bounds_accepted():
+    x = torch.randn(4, 3, 4, 5, 5)
+    for momentum in (None, 0, 0.0, 1, 1.0):
+        bn = gnn.GroupBatchNorm2d(3, "C4", eps=1, momentum=momentum)
+        assert bn.momentum == momentum and bn.eps == 1.0
+        assert torch.isfinite(bn(x)).all()
+
+
+@pytest.mark.parametrize("cls", [gnn.LiftingConv2d, gnn.GroupConv2d], ids=lambda c: c.__name__)
+def test_padding_valid_and_same_like_the_functional_ops(cls):
+    lifting = cls is gnn.LiftingConv2d
+    op = lifting_conv2d if lifting else group_conv2d
+    x = torch.randn(2, 2, 11, 11) if lifting else torch.randn(2, 2, 4, 11, 11)
+    for kwargs, pad in (({"padding": "valid"}, 0), ({"padding": "valid", "stride": 2}, 0),
+                        ({"padding": "same", "dilation": 2}, 2)):
+        m = cls(2, 3, 3, "C4", **kwargs)
+        assert m.padding == (pad, pad)
+        ref = cls(2, 3, 3, "C4", **{**kwargs, "padding": pad})
+        assert repr(m) == repr(ref) or kwargs["padding"] == "same"
+        expected = op(x, m.weight, m.bias, "C4", kwargs.get("stride", 1), kwargs["padding"], kwargs.get("dilation", 1))
+        torch.testing.assert_close(m(x), expected)
+        with torch.no_grad():  # the eval-cache path too
+            torch.testing.assert_close(m.eval()(x), expected, atol=1e-5, rtol=1e-5)
+    assert gnn.GroupConv2d(2, 3, 3, "C4", padding="same")(torch.randn(1, 2, 4, 7, 7)).shape[-2:] == (7, 7)
+    assert gnn.LiftingConv2d(2, 3, 3, "C4", padding="valid")(torch.randn(1, 2, 7, 7)).shape[-2:] == (5, 5)
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):  # as the functional ops
+        cls(2, 3, 3, "C4", stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        op(x, torch.randn((3, 2, 3, 3) if lifting else (3, 2, 4, 3, 3)), None, "C4", 2, "same")
 
 
 def test_bad_inputs():
@@ -98,6 +164,71 @@ def test_bad_inputs():
         gnn.LiftingConv2d(1, 4, 3, "C4")(torch.randn(1, 2, 9, 9))
     with pytest.raises(ValueError, match="5-D"):
         gnn.GroupBatchNorm2d(3, "C4")(torch.randn(2, 3, 9, 9))
+    with pytest.raises(ValueError, match="ExportedGroupConv: input must be a 5-D"):
+        gc.export()(torch.randn(1, 12, 9, 9))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gnn.LiftingConv2d(1, 2, 3, "C4"),
+    lambda: gnn.GroupConv2d(2, 2, 3, "C4"),
+    lambda: gnn.GroupConv2d(2, 2, 3, "C4").export(),
+    lambda: gnn.GroupBatchNorm2d(2, "C4"),
+    lambda: gnn.GroupLayerNorm(),
+    lambda: gnn.GroupPool("max"),
+    lambda: gnn.InvariantPool(),
+    lambda: gnn.GroupMaxPool2d(2),
+    lambda: gnn.GroupAvgPool2d(2),
+    lambda: gnn.GroupDropout(0.5),
+], ids=["lifting", "group", "exported", "bn", "ln", "gpool", "invpool", "maxpool", "avgpool", "dropout"])
+@pytest.mark.parametrize("bad", [[[1.0, 2.0]], None, 3.0], ids=["list", "None", "float"])
+def test_non_tensor_input_is_a_type_error_naming_the_module(make, bad):
+    m = make()
+    for mode in (True, False):  # train and eval (the eval-cache path of the convolutions)
+        m.train(mode)
+        with torch.no_grad(), pytest.raises(TypeError, match=rf"^{type(m).__name__}: input must be a torch\.Tensor, "
+                                                              rf"got {type(bad).__name__}$"):
+            m(bad)
+
+
+def _error(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        return type(exc), str(exc)
+    return None
+
+
+@pytest.mark.parametrize("lifting", [True, False], ids=["lifting", "group"])
+@pytest.mark.parametrize("case", ["rank", "channels", "group_axis", "float64", "float16", "int", "device", "small"])
+def test_eval_cache_path_raises_like_the_op_path(lifting, case):
+    torch.manual_seed(0)
+    m = gnn.LiftingConv2d(3, 4, 3, "D4", padding=1) if lifting else gnn.GroupConv2d(3, 4, 3, "D4", padding=1)
+    good = torch.randn(2, 3, 9, 9) if lifting else torch.randn(2, 3, 8, 9, 9)
+    x = {
+        "rank": good[0],
+        "channels": torch.cat([good, good[:, :1]], 1),
+        "group_axis": good.unsqueeze(2) if lifting else good[:, :, :4],
+        "float64": good.double(),
+        "float16": good.half(),
+        "int": good.long(),
+        "device": good.to("meta"),
+        "small": good[..., :0, :],
+    }[case]
+    train_err = _error(lambda: m.train()(x))
+    m.eval()
+    with torch.no_grad():
+        m(good)
+        assert m._cache is not None  # the eval forward below takes the cached F.conv2d path
+        eval_err = _error(lambda: m(x))
+    assert train_err is not None, "the bad input was accepted"
+    assert eval_err == train_err
+    if case in ("float64", "float16", "int", "device"):
+        # ...which is what the functional op itself says about that input and weight
+        op = lifting_conv2d if lifting else group_conv2d
+        assert _error(lambda: op(x, m.weight, m.bias, m.group, 1, 1)) == train_err
+        assert train_err[0] in (TypeError, ValueError) and train_err[1].startswith("gconv_ext: ")
+    elif case != "small":
+        assert train_err[0] is ValueError and train_err[1].startswith(f"{type(m).__name__}: input must be")
 
 
 # -- init -----------------------------------------------------------------------------------------------

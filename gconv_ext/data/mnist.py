@@ -5,6 +5,9 @@ or uncompressed) from ``data_dir``, ``data_dir/mnist`` or torchvision's
 ``data_dir/MNIST/raw`` layout, checks the structure (gzip stream, IDX magic,
 dimensions, size, label range) and the known MD5s, and returns uint8 images
 [N,28,28] and int64 labels [N]. Nothing is downloaded unless ``download=True``.
+The IDX header is checked against the known counts before the body is read, and a
+``.gz`` file is decompressed as a stream capped at the size that header needs, so a
+gzip bomb (or any oversized file) fails early with a :class:`DataFileError`.
 
 Also here: the deterministic train/validation split used by the study
 (:func:`split_train_val`, 50,000/10,000 with seed 420) and the usual
@@ -14,11 +17,13 @@ normalisation (:data:`MEAN`, :data:`STD`, :func:`normalize`).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -127,18 +132,125 @@ def find_mnist_file(name: str, data_dir: Path) -> Path:
     )
 
 
-def _decompress(path: Path, raw: bytes) -> bytes:
+_CHUNK = 1 << 20  # bytes decompressed (or read) per step
+
+
+class _HashingReader:
+    """Read-only file wrapper that feeds every byte read through it into an MD5 (or nothing)."""
+
+    def __init__(self, f: BinaryIO, md5: Any | None) -> None:
+        self._f = f
+        self._md5 = md5
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if self._md5 is not None:
+            self._md5.update(data)
+        return data
+
+
+def _check_header(path: Path, info: MnistFileInfo, head: bytes, verify: bool) -> tuple[tuple[int, ...], int]:
+    """Check the IDX header (magic, dims, count) against what ``info`` says; return ``(dims, total size)``.
+
+    Runs before the body is read or decompressed, so the size it returns can cap the reading. The count
+    must equal the original's when ``verify``; without it a smaller count is accepted (a subset), a
+    larger one never (nothing is read beyond the original file's size).
+    """
+    kind = "images (magic 0x803 = 2051)" if info.is_images else "labels (magic 0x801 = 2049)"
+    ndim = 3 if info.is_images else 1
+    header_size = 4 + 4 * ndim
+    if len(head) < header_size:
+        raise DataFileError(
+            f"{path} is truncated: {len(head)} bytes, shorter than the {header_size}-byte IDX header "
+            f"expected for MNIST {kind}"
+        )
+    (magic,) = struct.unpack(">I", head[:4])
+    if magic != info.magic:
+        raise DataFileError(
+            f"{path} has bad IDX magic {magic:#x}; expected {info.magic:#x} for MNIST {kind} "
+            f"({info.name})"
+        )
+    dims = struct.unpack(">" + "I" * ndim, head[4:header_size])
+    n = dims[0]
+    if info.is_images and tuple(dims[1:]) != (_ROWS, _COLS):
+        raise DataFileError(f"{path} has image dims {dims}; expected (N, 28, 28)")
+    if verify and n != info.count:
+        raise DataFileError(f"{path} declares {n} items; expected {info.count} for {info.name}")
+    if n > info.count:
+        raise DataFileError(
+            f"{path} declares {n} items, more than the {info.count} of the original {info.name}; "
+            "refusing to read it"
+        )
+    item = _ROWS * _COLS if info.is_images else 1
+    return dims, header_size + n * item
+
+
+def _size_error(path: Path, dims: tuple[int, ...], expected: int, size: int | None, gz: bool) -> DataFileError:
+    """``size`` bytes (uncompressed) where the header dims need ``expected``; None: more than ``expected``."""
+    if size is not None and size < expected:
+        got = f"{'it decompresses to ' if gz else ''}{size} bytes (uncompressed)"
+        return DataFileError(f"{path} is truncated: {got} but the header dims {dims} need {expected} bytes")
+    got = (f"it decompresses to more than {expected} bytes (reading stopped there: trailing data or a "
+           "decompression bomb)" if size is None else f"{size} bytes (uncompressed)")
+    return DataFileError(f"{path} is too long: {got} but the header dims {dims} need {expected} bytes")
+
+
+def _read_into(src: Any, buf: memoryview) -> int:
+    """Fill ``buf`` from ``src.read`` in chunks of at most :data:`_CHUNK`; return the bytes read (short at EOF)."""
+    pos = 0
+    while pos < len(buf):
+        chunk = src.read(min(_CHUNK, len(buf) - pos))
+        if not chunk:
+            break
+        buf[pos:pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return pos
+
+
+def _read_content(path: Path, info: MnistFileInfo, f: BinaryIO, verify: bool, md5: Any | None
+                  ) -> tuple[tuple[int, ...], bytearray]:
+    """The uncompressed IDX content of the open file ``f``: header first (checked by :func:`_check_header`),
+    then exactly the size the header needs. A ``.gz`` file is decompressed as a stream, capped at that size:
+    a gzip bomb fails after the expected number of bytes, never decompressed in full. ``md5`` (if given)
+    is fed every byte of a ``.gz`` file as it streams by."""
+    header_size = 16 if info.is_images else 8
+    if not path.name.endswith(".gz"):
+        head = f.read(header_size)
+        dims, expected = _check_header(path, info, head, verify)
+        size = os.fstat(f.fileno()).st_size
+        if size != expected:
+            raise _size_error(path, dims, expected, size, gz=False)
+        content = bytearray(expected)
+        content[:header_size] = head
+        got = header_size + _read_into(f, memoryview(content)[header_size:])
+        if got != expected or f.read(1):  # the file changed since the fstat
+            raise _size_error(path, dims, expected, got if got != expected else None, gz=False)
+        return dims, content
+    src = _HashingReader(f, md5)
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=src, mode="rb") as gz:  # type: ignore[arg-type]
+            head = gz.read(header_size)
+            dims, expected = _check_header(path, info, head, verify)
+            content = bytearray(expected)
+            content[: len(head)] = head
+            got = len(head) + _read_into(gz, memoryview(content)[len(head):])
+            if got != expected:
+                raise _size_error(path, dims, expected, got, gz=True)
+            if gz.read(1):  # decompresses to more than the header says: stop here
+                raise _size_error(path, dims, expected, None, gz=True)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataFileError(
             f"{path} is not a valid gzip file or is truncated ({type(exc).__name__}: {exc}); "
             "delete it and copy/download it again"
         ) from exc
+    if md5 is not None:
+        while src.read(_CHUNK):  # hash whatever the gzip reader left unread (normally nothing)
+            pass
+    return dims, content
 
 
-def _check_md5(path: Path, info: MnistFileInfo, raw: bytes, content: bytes) -> None:
-    """Verify the file against the known MD5 (cached per path/size/mtime).
+def _check_md5(path: Path, info: MnistFileInfo, file_md5: str, content: bytearray) -> None:
+    """Verify the file against the known MD5 (``file_md5``: the MD5 of the file's bytes as read).
 
     A ``.gz`` file passes if its own MD5 matches the original download, or if its
     decompressed content matches the original uncompressed MD5 (a re-compressed
@@ -146,73 +258,46 @@ def _check_md5(path: Path, info: MnistFileInfo, raw: bytes, content: bytes) -> N
     """
     is_gz = path.name.endswith(".gz")
     expected = info.gz_md5 if is_gz else info.raw_md5
-    if is_verified(path, expected):
-        return
     if is_gz:
-        actual = md5_bytes(raw)
-        if actual != info.gz_md5:
+        if file_md5 != info.gz_md5:
             actual_content = md5_bytes(content)
             if actual_content != info.raw_md5:
                 raise ChecksumError(
                     f"MD5 mismatch for {path}: expected {info.gz_md5} (gzip file) or "
-                    f"{info.raw_md5} (decompressed content), got {actual} / {actual_content}. "
+                    f"{info.raw_md5} (decompressed content), got {file_md5} / {actual_content}. "
                     "This is not the original MNIST file (e.g. Fashion-MNIST uses the same names) "
                     "or it is corrupt; pass verify=False to load it anyway"
                 )
-    else:
-        actual = md5_bytes(raw)
-        if actual != info.raw_md5:
-            raise ChecksumError(
-                f"MD5 mismatch for {path}: expected {info.raw_md5} (uncompressed {info.name}), "
-                f"got {actual}. This is not the original MNIST file or it is corrupt; "
-                "pass verify=False to load it anyway"
-            )
+    elif file_md5 != info.raw_md5:
+        raise ChecksumError(
+            f"MD5 mismatch for {path}: expected {info.raw_md5} (uncompressed {info.name}), "
+            f"got {file_md5}. This is not the original MNIST file or it is corrupt; "
+            "pass verify=False to load it anyway"
+        )
     mark_verified(path, expected)
 
 
-def _parse_idx(path: Path, info: MnistFileInfo, content: bytes, verify: bool) -> np.ndarray:
-    kind = "images (magic 0x803 = 2051)" if info.is_images else "labels (magic 0x801 = 2049)"
-    ndim = 3 if info.is_images else 1
-    header_size = 4 + 4 * ndim
-    if len(content) < header_size:
-        raise DataFileError(
-            f"{path} is truncated: {len(content)} bytes, shorter than the {header_size}-byte IDX header "
-            f"expected for MNIST {kind}"
-        )
-    (magic,) = struct.unpack(">I", content[:4])
-    if magic != info.magic:
-        raise DataFileError(
-            f"{path} has bad IDX magic {magic:#x}; expected {info.magic:#x} for MNIST {kind} "
-            f"({info.name})"
-        )
-    dims = struct.unpack(">" + "I" * ndim, content[4:header_size])
-    n = dims[0]
-    if info.is_images and tuple(dims[1:]) != (_ROWS, _COLS):
-        raise DataFileError(f"{path} has image dims {dims}; expected (N, 28, 28)")
-    if verify and n != info.count:
-        raise DataFileError(f"{path} declares {n} items; expected {info.count} for {info.name}")
-    item = _ROWS * _COLS if info.is_images else 1
-    expected_size = header_size + n * item
-    if len(content) != expected_size:
-        state = "truncated" if len(content) < expected_size else "too long"
-        raise DataFileError(
-            f"{path} is {state}: {len(content)} bytes (uncompressed) but the header dims {dims} "
-            f"need {expected_size} bytes"
-        )
-    arr = np.frombuffer(content, dtype=np.uint8, offset=header_size)
-    return arr.reshape(dims)
-
-
 def _read_mnist_file(path: Path, info: MnistFileInfo, verify: bool) -> np.ndarray:
+    """Read, check and (if ``verify``) checksum one IDX file, plain or ``.gz``.
+
+    Order: the IDX header is read and checked first, then exactly the number of bytes it needs is read
+    (decompressed: a stream capped at that size, see :func:`_read_content`), and only then are the MD5s
+    compared (once per file per process), so a huge or hostile file fails before it is read in full.
+    """
+    is_gz = path.name.endswith(".gz")
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
+        needs_md5 = verify and not is_verified(path, info.gz_md5 if is_gz else info.raw_md5)
     except OSError as exc:
         raise DataFileNotFoundError(f"cannot read MNIST file {path}: {exc}") from exc
-    content = _decompress(path, raw) if path.name.endswith(".gz") else raw
-    arr = _parse_idx(path, info, content, verify)
-    if verify:
-        _check_md5(path, info, raw, content)
-    return arr
+    with f:
+        # plain files: md5_bytes of the content (one call per file); .gz: an MD5 fed while streaming
+        md5 = hashlib.md5() if needs_md5 and is_gz else None
+        dims, content = _read_content(path, info, f, verify, md5)
+    if needs_md5:
+        _check_md5(path, info, md5.hexdigest() if md5 is not None else md5_bytes(content), content)
+    header_size = 16 if info.is_images else 8
+    return np.frombuffer(content, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
 def _download(root: Path, split: str) -> None:
@@ -241,7 +326,8 @@ def load_mnist(
             torchvision's ``MNIST/raw/``); default :func:`~gconv_ext.data.paths.default_data_dir`.
         download: only if True and the files are missing, fetch them with
             ``torchvision.datasets.MNIST(data_dir, download=True)``. Never downloads otherwise.
-        verify: check the known MD5s (done once per file per process) and counts.
+        verify: check the known MD5s (done once per file per process) and counts. Without it a
+            file may hold fewer items than the original, never more.
 
     Raises:
         ValueError: bad ``split``.

@@ -139,6 +139,13 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+#: The one non-numpy global allowed: ``_codecs.encode``, which Python 3 writes for every ``bytes`` object
+#: in a protocol 0-2 pickle (``_codecs.encode(<str>, 'latin1')``, e.g. a numpy array's data). It resolves
+#: to :meth:`RestrictedUnpickler._latin1_encode`, which accepts exactly that call and nothing else.
+_CODECS_ENCODE: tuple[str, str] = ("_codecs", "encode")
+_LATIN1_NAMES: frozenset[str] = frozenset({"latin1", "latin-1"})
+
+
 def _numpy_multiarray() -> Any:
     try:  # numpy >= 2: numpy.core is a deprecated alias of numpy._core
         return importlib.import_module("numpy._core.multiarray")
@@ -148,9 +155,10 @@ def _numpy_multiarray() -> Any:
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only ``numpy.ndarray``, ``numpy.dtype`` and the
-    ``multiarray._reconstruct`` / ``multiarray.scalar`` helpers.
+    ``multiarray._reconstruct`` / ``multiarray.scalar`` helpers, plus ``_codecs.encode``
+    restricted to ``(str, 'latin1')`` (how Python 3 pickles ``bytes`` under protocol 2).
 
-    Any other global (``os.system``, ``builtins.eval``, ...) raises
+    Any other global (``os.system``, ``builtins.eval``, ``_codecs.decode``, ...) raises
     :class:`~gconv_ext.data.paths.UnsafePickleError` before it can be called.
     Use with ``encoding="latin1"`` for Python 2 era pickles.
     """
@@ -161,6 +169,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == _CODECS_ENCODE:
+            return self._latin1_encode
         if (module, name) not in _ALLOWED_GLOBALS:
             raise UnsafePickleError(
                 f"refusing to unpickle {self.source}: it references {module}.{name}, which is not "
@@ -169,6 +179,18 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "numpy":
             return getattr(np, name)
         return getattr(_numpy_multiarray(), name)
+
+    def _latin1_encode(self, *args: Any, **kwargs: Any) -> bytes:
+        """Stands in for ``_codecs.encode``: only ``encode(<str>, 'latin1')`` (a protocol-2 ``bytes``)."""
+        if kwargs or len(args) != 2 or not all(isinstance(a, str) for a in args) \
+                or args[1] not in _LATIN1_NAMES:
+            shown = ", ".join([repr(a) if isinstance(a, str) and len(a) <= 20 else f"<{type(a).__name__}>"
+                               for a in args] + [f"{k}=..." for k in kwargs])
+            raise UnsafePickleError(
+                f"refusing to unpickle {self.source}: it calls _codecs.encode({shown}); only "
+                "_codecs.encode(<str>, 'latin1'), the protocol-2 form of bytes, is allowed"
+            )
+        return args[0].encode("latin-1")
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(f"refusing to unpickle {self.source}: persistent ids are not allowed")

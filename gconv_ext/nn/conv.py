@@ -22,6 +22,7 @@ from torch import nn
 
 from ..groups import Group
 from ..ops import group_conv2d, group_filter, lift_filter, lifting_conv2d
+from ..ops.conv import _check_conv
 from ..ops.reference import disk_mask as _disk_mask
 from ..ops.reference import transform_matrix as _transform_matrix
 from . import _utils as U
@@ -53,8 +54,12 @@ class _EquivariantConv(nn.Module):
         self.stride = U.int_pair(owner, "stride", stride, 1)
         self.dilation = U.int_pair(owner, "dilation", dilation, 1)
         if isinstance(padding, str):
-            if padding != "same":
-                raise ValueError(f"{owner}: padding must be an int, a pair of ints or 'same', got {padding!r}")
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{owner}: padding must be an int, a pair of ints, 'same' or 'valid', "
+                                 f"got {padding!r}")
+            if padding == "valid":  # as in the functional ops and nn.Conv2d: no padding
+                padding = 0
+        if isinstance(padding, str):  # 'same'
             if self.stride != (1, 1):
                 raise ValueError(f"{owner}: padding='same' needs stride 1, got stride={stride!r}")
             span = [d * (self.kernel_size - 1) for d in self.dilation]
@@ -69,6 +74,7 @@ class _EquivariantConv(nn.Module):
             self.padding = U.int_pair(owner, "padding", padding, 0)
         U.flag(owner, "bias", bias)
         self.disk_mask = U.flag(owner, "disk_mask", disk_mask)
+        U.float_dtype(owner, dtype)
 
         k, n = self.kernel_size, self.group.order
         shape = (out_channels, in_channels, k, k) if self._lifting else (out_channels, in_channels, n, k, k)
@@ -162,6 +168,7 @@ class _EquivariantConv(nn.Module):
         return (k, k), self.stride, self.padding, self.dilation
 
     def _check_input(self, x: torch.Tensor) -> None:
+        U.check_tensor(type(self).__name__, x)
         if self._lifting:
             if x.dim() != 4 or x.shape[1] != self.in_channels:
                 raise ValueError(f"LiftingConv2d: input must be [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
@@ -176,6 +183,8 @@ class _EquivariantConv(nn.Module):
         if not self._use_cache():
             fn = lifting_conv2d if self._lifting else group_conv2d
             return fn(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
+        # The same checks (and messages) as the functional op of the training path, before the plain conv.
+        _check_conv(self._lifting, x, self.weight, self.bias, self.group)
         planar = x if self._lifting else x.flatten(1, 2)
         out = F.conv2d(planar, self._cached_weight(), None, self.stride, self.padding, self.dilation)
         out = out.unflatten(1, (self.out_channels, self.group.order))
@@ -223,7 +232,8 @@ class LiftingConv2d(_EquivariantConv):
         in_channels, out_channels: channel counts (fields: each output channel has |G| slices).
         kernel_size: k (square filters).
         group: a :class:`~gconv_ext.groups.Group` or a name such as ``'C4'`` or ``'D8'``.
-        stride, padding, dilation: as in :class:`torch.nn.Conv2d`; ``padding='same'`` needs stride 1.
+        stride, padding, dilation: as in :class:`torch.nn.Conv2d` and the functional ops; ``padding='same'``
+            needs stride 1 and an odd effective kernel ``dilation * (k - 1) + 1``, ``padding='valid'`` is 0.
         bias: one bias per output channel, shared over the group axis.
         disk_mask: use only the taps inside the inscribed disk (better for N other than 1, 2, 4).
     """
@@ -251,6 +261,8 @@ class ExportedGroupConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, group: Group | str, out_channels: int, lifting: bool) -> None:
         super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"ExportedGroupConv: conv must be a torch.nn.Conv2d, got {type(conv).__name__}")
         self.conv = conv
         self.group = U.group_arg("ExportedGroupConv", group)
         self.out_channels = U.positive_int("ExportedGroupConv", "out_channels", out_channels)
@@ -264,6 +276,11 @@ class ExportedGroupConv(nn.Module):
         return c.kernel_size, c.stride, c.padding, c.dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        U.check_tensor("ExportedGroupConv", x)
+        dim = 4 if self.lifting else 5
+        if x.dim() != dim:
+            layout = "[B, C_in, H, W]" if self.lifting else "[B, C_in, |G|, H, W]"
+            raise ValueError(f"ExportedGroupConv: input must be a {dim}-D tensor {layout}, got shape {tuple(x.shape)}")
         if self.conv.stride != (1, 1):
             warn_if_inexact(self, x)
         y = self.conv(x if self.lifting else x.flatten(1, 2))

@@ -20,6 +20,7 @@ __all__ = ["GroupBatchNorm2d", "GroupLayerNorm", "GroupPool", "GroupMaxPool2d", 
 
 
 def _check_group_map(owner: str, x: torch.Tensor, group: Group | None = None, channels: int | None = None) -> None:
+    U.check_tensor(owner, x)
     if x.dim() != 5:
         raise ValueError(f"{owner}: input must be 5-D [B, C, |G|, H, W], got shape {tuple(x.shape)}")
     if group is not None and x.shape[2] != group.order:
@@ -31,7 +32,8 @@ def _check_group_map(owner: str, x: torch.Tensor, group: Group | None = None, ch
 class GroupBatchNorm2d(nn.BatchNorm3d):
     """Batch norm for group feature maps: one mean/variance and one affine pair per channel, shared over
     the group axis (BatchNorm3d over ``C`` with ``(|G|, H, W)`` as the spatial dims). State-dict keys are
-    those of :class:`torch.nn.BatchNorm3d`."""
+    those of :class:`torch.nn.BatchNorm3d`. ``eps`` must be finite and > 0, ``momentum`` None (cumulative
+    average) or in [0, 1]."""
 
     def __init__(self, channels: int, group: Group | str, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None, dtype=None) -> None:
@@ -40,8 +42,9 @@ class GroupBatchNorm2d(nn.BatchNorm3d):
         self.group = U.group_arg(owner, group)
         U.flag(owner, "affine", affine)
         U.flag(owner, "track_running_stats", track_running_stats)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"{owner}: eps must be a positive float, got {eps!r}")
+        eps = U.positive_float(owner, "eps", eps)
+        momentum = U.momentum_arg(owner, momentum)
+        U.float_dtype(owner, dtype)
         super().__init__(channels, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -58,9 +61,7 @@ class GroupLayerNorm(nn.Module):
 
     def __init__(self, eps: float = 1e-5) -> None:
         super().__init__()
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"GroupLayerNorm: eps must be a positive float, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = U.positive_float("GroupLayerNorm", "eps", eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_map("GroupLayerNorm", x)
@@ -76,11 +77,12 @@ class GroupPool(nn.Module):
 
     def __init__(self, mode: str = "max") -> None:
         super().__init__()
-        if mode not in ("max", "mean"):
+        if not isinstance(mode, str) or mode not in ("max", "mean"):
             raise ValueError(f"GroupPool: mode must be 'max' or 'mean', got {mode!r}")
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("GroupPool", x)
         return group_pool(x, self.mode)
 
     def extra_repr(self) -> str:
@@ -93,7 +95,7 @@ class InvariantPool(nn.Module):
 
     def __init__(self, mode: str = "mean") -> None:
         super().__init__()
-        if mode not in ("max", "mean"):
+        if not isinstance(mode, str) or mode not in ("max", "mean"):
             raise ValueError(f"InvariantPool: mode must be 'max' or 'mean', got {mode!r}")
         self.mode = mode
 
