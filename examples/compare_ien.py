@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from gconv_ext.analysis.report import write_text  # noqa: E402
+from gconv_ext.io import write_json  # noqa: E402
 from gconv_ext.train import TrainConfig, train  # noqa: E402
 from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: E402
 
@@ -133,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{(r['train_time_s'] or 0):.1f} s |")
     text = "\n".join(lines) + "\n"
     write_text(out / "compare_ien.md", text)
-    write_text(out / "compare_ien.json", json.dumps({"budget": args.budget, "settings": b, "seed": args.seed,
-                                                     "results": results}, indent=2) + "\n")
+    write_json(out / "compare_ien.json", {"budget": args.budget, "settings": b, "seed": args.seed,
+                                          "results": results})
     print(text, end="")
     return 0
 

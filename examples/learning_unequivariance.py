@@ -7,7 +7,10 @@ two images give identical features and the loss stays at ln 2 (the paper: 0.70 -
 
     python examples/learning_unequivariance.py --steps 400 --out runs/unequivariance
 
-Writes losses.csv (step, loss_32, loss_33), losses.png and summary.md into --out, atomically.
+Writes losses.csv (step, loss_32, loss_33), losses.png and summary.md into --out, atomically. Each size
+trains through the project's engine (gconv_ext.train.engine.fit) in --out/size32 and --out/size33
+(metrics.csv with one row per SGD step, last.pt/best.pt every 50 steps, summary.json); a second call with
+the same settings reuses them, and a larger --steps continues them.
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/unequivariance"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    losses = {s: learn_unequivariance(s, args.steps, args.images, args.channels, args.lr, seed=args.seed)
+    losses = {s: learn_unequivariance(s, args.steps, args.images, args.channels, args.lr, seed=args.seed,
+                                      out_dir=args.out / f"size{s}")
               for s in (32, 33)}
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "losses.csv", [{"step": i, "loss_32": losses[32][i], "loss_33": losses[33][i]}

@@ -14,8 +14,11 @@ sizes 26..30), full (8000/2000, 10 epochs, sizes 26..30; the paper trained on 10
 
 --seeds runs several seeds (--jobs of them at once, one process and --threads threads each). Each seed's
 rows go to <out>/seed<k>/parity.csv with a run.json; a finished seed with the same budget is reused on the
-next call. The top level gets parity.csv (every row, with its seed), parity_summary.csv (per model and size:
-mean and std over seeds of the mean accuracy, the upright accuracy, the accuracy at 90/180/270 degrees and
+next call. Every model trains through the project's engine (gconv_ext.train.engine.fit) in
+<out>/seed<k>/<model>-<size>/ (metrics.csv, last.pt, best.pt, summary.json), so an interrupted seed resumes
+where it stopped; --device, --precision and --compile are the engine's options (default: CPU, float32).
+The top level gets parity.csv (every row, with its seed), parity_summary.csv (per model and size: mean and
+std over seeds of the mean accuracy, the upright accuracy, the accuracy at 90/180/270 degrees and
 the drop from upright to those), parity.png (accuracy vs angle, averaged over seeds) and summary.md, all
 written atomically. The paper's means over the 36 angles: 87.3% exact, about 66% inexact, 42.7% Z2 CNN.
 """
@@ -24,12 +27,13 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
-import io
 import dataclasses
+import io
 import json
 import multiprocessing
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +43,11 @@ from gconv_ext.analysis import ANGLES, PARITY_BUDGETS, run_parity, summarize_par
 from gconv_ext.analysis.report import markdown_table, save_figure, write_csv, write_text  # noqa: E402
 from gconv_ext.cli import positive_int, seed_list  # noqa: E402
 from gconv_ext.data import load_mnist  # noqa: E402
+from gconv_ext.io import write_json  # noqa: E402
+from gconv_ext.train.config import add_config_arguments, config_overrides  # noqa: E402
+
+#: The engine's options this script takes (gconv_ext.train.config.TrainConfig fields).
+ENGINE_OPTIONS = ("device", "precision", "compile")
 
 COLUMNS = ["seed", "model", "size", "exact", "mean_acc", "train_loss", "seconds"] + [f"acc_{a}" for a in ANGLES]
 
@@ -65,8 +74,10 @@ def load_finished(folder: Path, meta: dict) -> list[dict] | None:
     return rows
 
 
-def run_seed(budget_name: str, seed: int, data_dir: str | None, threads: int, folder: Path) -> list[dict]:
-    """Train and evaluate every model of the budget for one seed; writes folder/parity.csv and run.json."""
+def run_seed(budget_name: str, seed: int, data_dir: str | None, threads: int, folder: Path,
+             train_options: dict[str, Any] | None = None) -> list[dict]:
+    """Train and evaluate every model of the budget for one seed (each in folder/<model>-<size>); writes
+    folder/parity.csv and run.json."""
     torch.set_num_threads(threads)
     budget = PARITY_BUDGETS[budget_name]
     train = load_mnist("train", data_dir)
@@ -74,11 +85,11 @@ def run_seed(budget_name: str, seed: int, data_dir: str | None, threads: int, fo
     # a seeded random subset of the training digits (the first N are not class-balanced enough for tiny N)
     perm = torch.randperm(train[0].shape[0], generator=torch.Generator().manual_seed(seed))
     train = (train[0][perm], train[1][perm])
-    rows = run_parity(train, test, budget, seed=seed, log=lambda m: print(f"[seed {seed}] {m}", flush=True))
+    rows = run_parity(train, test, budget, seed=seed, log=lambda m: print(f"[seed {seed}] {m}", flush=True),
+                      out_dir=folder, **(train_options or {}))
     rows = [{"seed": seed, **r} for r in rows]
-    folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "parity.csv", rows, COLUMNS)
-    write_text(folder / "run.json", json.dumps(run_meta(budget_name, seed), indent=1) + "\n")
+    write_json(folder / "run.json", run_meta(budget_name, seed))
     return rows
 
 
@@ -140,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=positive_int, default=1, help="seeds run at once, one process each")
     ap.add_argument("--threads", type=positive_int, default=1,
                     help="torch CPU threads per process (1 is fastest for these tiny models)")
+    add_config_arguments(ap, only=ENGINE_OPTIONS)
     args = ap.parse_args(argv)
+    options = config_overrides(args, ENGINE_OPTIONS)
 
     rows_by_seed: dict[int, list[dict]] = {}
     todo = []
@@ -153,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             todo.append(seed)
     if args.jobs == 1 or len(todo) <= 1:
         for seed in todo:
-            rows_by_seed[seed] = run_seed(args.budget, seed, args.data_dir, args.threads, args.out / f"seed{seed}")
+            rows_by_seed[seed] = run_seed(args.budget, seed, args.data_dir, args.threads, args.out / f"seed{seed}",
+                                          options)
     else:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
         with concurrent.futures.ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=ctx) as pool:
             futures = {pool.submit(run_seed, args.budget, seed, args.data_dir, args.threads,
-                                   args.out / f"seed{seed}"): seed for seed in todo}
+                                   args.out / f"seed{seed}", options): seed for seed in todo}
             for fut in concurrent.futures.as_completed(futures):
                 rows_by_seed[futures[fut]] = fut.result()
     rows = [r for seed in args.seeds for r in rows_by_seed[seed]]

@@ -1,21 +1,24 @@
 """Reproduce "Group Equivariant CNNs Outperform Spatial Transformers on Tasks Which Require Rotation
 Invariance" on MNIST: GCNN, STN and a plain CNN, each trained upright and trained on rotated digits,
-evaluated on a FIXED rotated test set and per angle (0..355 degrees), written as a markdown table,
-CSVs and plots; each run folder also gets the figures of ``python -m gconv_ext visualize`` (filter
-banks and group feature maps for the GCNN, input warps for the STN).
+evaluated on a FIXED rotated test set and per angle, written as a markdown table (mean ± std over seeds),
+CSVs and plots; each run folder also gets the figures of ``python -m gconv_ext visualize`` (filter banks
+and group feature maps for the GCNN, canonicalising warps for the STN).
 
 Budgets:
   smoke  seconds: tiny models, 512 training digits, 1 epoch (what the tests run)
   small  within an hour on a 2-core CPU: the study's models (GCNN C4/4/16, STN and CNN of ~103K
-         parameters), the 50,000 training digits, 8 epochs, 2,000 validation and 2,000 test digits,
-         per-angle curves every 10 degrees
-  full   the study's protocol: 50,000/10,000 split, 20 epochs max, early stopping (patience 5), the
-         10,000 test digits, every 5 degrees, and the study's grid of GCNNs (C4/C8, L 2/4, C 16/32)
+         parameters), the 50,000 training digits, 8 epochs, 2,000 validation and 2,000 test digits
+  full   the study's data protocol: 50,000/10,000 split, the full 10,000-digit rotated test set, per-angle
+         curves every 10 degrees, seeds 0,1,2; the models trained with the recommended recipe
+         (``--recipe default``: 12 epochs, warm-up + cosine), plus the GCNN with the study's own recipe
+         (``--recipe study``: constant lr 1e-2, 20 epochs max, early stopping) for seed 0
 
-    python examples/reproduce_study.py --budget small --out-dir runs/study-small [--data-dir DIR]
+    python examples/reproduce_study.py --budget full --out-dir docs/results/study-full [--data-dir DIR]
 
-Runs whose result.json exists are skipped, so an interrupted reproduction continues where it stopped
-(each training run also resumes from its own last.pt).
+A run whose result.json exists is skipped and an interrupted one resumes from its last.pt, so the
+reproduction continues where it stopped, on any machine (commit the small files of finished runs:
+result.json, summary.json, metrics.csv, per_angle.csv). ``--only PATTERN`` runs only the runs whose
+folder name contains PATTERN; ``--summarize`` only rebuilds the tables and plots from finished runs.
 """
 from __future__ import annotations
 
@@ -23,30 +26,34 @@ import argparse
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from gconv_ext.data.paths import atomic_write_bytes
+from gconv_ext.analysis.report import markdown_table, mean_std, write_csv, write_text
+from gconv_ext.cli import seed_list
+from gconv_ext.train import TrainConfig, train
 from gconv_ext.train.evaluate import evaluate_checkpoint, plot_per_angle, write_results_table
-from gconv_ext.train.loop import TrainConfig, train
 from gconv_ext.viz import visualize_checkpoint
 
-# (label, registry name, preset)
+# (label, registry name, preset, recipe, seeds: None = all of --seeds, else only these)
 MODELS = {
-    "smoke": [("GCNN C4 (tiny)", "gcnn", "tiny"), ("STN (tiny)", "stn-single-rotation", "tiny"),
-              ("CNN (tiny)", "cnn", "tiny")],
-    "small": [("GCNN C4/4/16", "gcnn", "C4/4/16"), ("STN single rotation", "stn-single-rotation", "matched"),
-              ("CNN", "cnn", "matched")],
-    "full": [*((f"GCNN {p}", "gcnn", p) for p in ("C4/2/16", "C4/4/16", "C4/4/32", "C8/4/16", "C8/4/32")),
-             ("STN single rotation", "stn-single-rotation", "matched"),
-             ("STN multi rotation", "stn-multi-rotation", "matched"),
-             ("STN single affine", "stn-single-affine", "matched"), ("CNN", "cnn", "matched")],
+    "smoke": [("GCNN C4 (tiny)", "gcnn", "tiny", "default", None),
+              ("STN (tiny)", "stn-single-rotation", "tiny", "default", None),
+              ("CNN (tiny)", "cnn", "tiny", "default", None)],
+    "small": [("GCNN C4/4/16", "gcnn", "C4/4/16", "study", None),
+              ("STN single rotation", "stn-single-rotation", "matched", "study", None),
+              ("CNN", "cnn", "matched", "study", None)],
+    "full": [("GCNN C4/4/16", "gcnn", "C4/4/16", "default", None),
+             ("STN single rotation", "stn-single-rotation", "matched", "default", None),
+             ("CNN", "cnn", "matched", "default", None),
+             ("GCNN C4/4/16, study recipe", "gcnn", "C4/4/16", "study", (0,))],
 }
 BUDGETS = {
     "smoke": dict(epochs=1, train_limit=512, val_limit=256, test_limit=256, angle_step=90),
     "small": dict(epochs=8, train_limit=None, val_limit=2_000, test_limit=2_000, angle_step=10),
-    "full": dict(epochs=20, train_limit=None, val_limit=None, test_limit=None, angle_step=5),
+    "full": dict(epochs=None, train_limit=None, val_limit=None, test_limit=None, angle_step=10),
 }
 SETTINGS = {"none": "upright", "uniform": "rotated"}
 
@@ -56,54 +63,114 @@ def slug(label: str) -> str:
     return "-".join(words)
 
 
+def planned_runs(budget: str, seeds: list[int]) -> list[tuple[str, str, str, str, str, int]]:
+    """``(label, model, preset, recipe, setting, seed)``, seed-major so that a partial reproduction
+    covers every model of the first seeds."""
+    runs = []
+    for seed in seeds:
+        for setting in SETTINGS:
+            for label, model, preset, recipe, only in MODELS[budget]:
+                if only is None or seed in only:
+                    runs.append((label, model, preset, recipe, setting, seed))
+    return runs
+
+
+def summarize(results: list[dict], out: Path, budget: str) -> str:
+    """``results.md`` (one row per run), ``summary.md`` / ``summary.csv`` (mean ± std over seeds per model
+    and setting), ``per_angle.csv`` and the per-angle plots (mean over seeds). Returns summary.md's text."""
+    write_results_table(results, out / "results.md")
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["name"], r["train_rotation"])].append(r)
+    rows = []
+    for (name, rotation), rs in groups.items():
+        row = {"model": name, "trained": SETTINGS[rotation], "params": f"{rs[0]['num_params']:,}",
+               "seeds": ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))}
+        for key, title in (("rotated_test_acc", "rotated test"), ("upright_test_acc", "upright"),
+                           ("mean_per_angle_acc", "mean over angles")):
+            m, s = mean_std([r[key] for r in rs])
+            row[title] = f"{100 * m:.2f} ± {100 * s:.2f}"
+        canon = [r["canonicalization"]["median_deg"] for r in rs if r.get("canonicalization")]
+        row["canon. error (median)"] = (f"{mean_std(canon)[0]:.1f}° ± {mean_std(canon)[1]:.1f}°"
+                                        if canon else "-")
+        times = [r["train_time_s"] for r in rs if r.get("train_time_s") is not None]
+        row["train time / run"] = f"{mean_std(times)[0] / 60:.1f} min" if times else "-"
+        epochs = [r["epoch"] for r in rs]
+        row["best epoch"] = ",".join(str(e) for e in epochs)
+        prov = rs[0].get("provenance") or {}
+        row["precision"] = prov.get("precision") or "-"
+        row["machine"] = prov.get("device_name") or "-"
+        rows.append(row)
+    columns = ["model", "trained", "params", "seeds", "rotated test", "upright", "mean over angles",
+               "canon. error (median)", "best epoch", "train time / run", "precision", "machine"]
+    text = (f"Rotated-MNIST reproduction, {budget} budget: accuracy in % (mean ± sample std over seeds; "
+            f"{results[0]['n_rotated_test']:,} rotated test digits).\n\n" + markdown_table(rows, columns))
+    write_text(out / "summary.md", text)
+    write_csv(out / "summary.csv", rows, columns)
+
+    per_angle_rows = []
+    curves: dict[str, dict[str, dict[float, float]]] = {s: {} for s in SETTINGS.values()}
+    for (name, rotation), rs in groups.items():
+        angles = sorted({float(a) for r in rs for a in r["per_angle"]})
+        curves[SETTINGS[rotation]][f"{name} ({len(rs)} seed{'s' if len(rs) > 1 else ''})"] = {
+            a: mean_std([r["per_angle"][f"{a:g}"] for r in rs])[0] for a in angles}
+        for r in rs:
+            for a, acc in r["per_angle"].items():
+                per_angle_rows.append({"model": name, "train_setting": SETTINGS[rotation], "seed": r["seed"],
+                                       "angle_deg": a, "accuracy": acc})
+    write_csv(out / "per_angle.csv", per_angle_rows)
+    for setting, curve in curves.items():
+        if curve:
+            plot_per_angle(curve, out / f"per_angle_trained_{setting}.png",
+                           title=f"accuracy per test rotation, trained {setting} ({budget} budget, mean over seeds)")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     p.add_argument("--out-dir", default=None, help="default runs/study-<budget>")
     p.add_argument("--data-dir", default=None, help="MNIST folder (default: ../shared/data or GCONV_EXT_DATA_DIR)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (the study used 3)")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="comma-separated seeds (default 0,1,2 for full, 0 otherwise; the study used 3)")
+    p.add_argument("--only", default=None, help="run only the runs whose folder name contains this")
+    p.add_argument("--summarize", action="store_true", help="only rebuild the tables from finished runs")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     budget = BUDGETS[args.budget]
+    seeds = args.seeds or ([0, 1, 2] if args.budget == "full" else [0])
     out = Path(args.out_dir or f"runs/study-{args.budget}")
     out.mkdir(parents=True, exist_ok=True)
-    angles = list(range(0, 360, budget["angle_step"]))
-    results, curves = [], {s: {} for s in SETTINGS}
-    runs = [(m, s, seed) for m in MODELS[args.budget] for s in SETTINGS for seed in args.seeds]
+    angles = [float(a) for a in range(0, 360, budget["angle_step"])]
+    results = []
+    runs = planned_runs(args.budget, seeds)
     start = time.perf_counter()
-    for i, ((label, model, preset), setting, seed) in enumerate(runs, 1):
+    for i, (label, model, preset, recipe, setting, seed) in enumerate(runs, 1):
         run_dir = out / f"{slug(label)}-{SETTINGS[setting]}-seed{seed}"
-        print(f"[{i}/{len(runs)}] {label}, trained {SETTINGS[setting]}, seed {seed} -> {run_dir} "
-              f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
         result_path = run_dir / "result.json"
         if not result_path.is_file():
-            cfg = TrainConfig(model=model, preset=preset, train_rotation=setting, epochs=budget["epochs"],
-                              train_limit=budget["train_limit"], val_limit=budget["val_limit"],
-                              test_limit=budget["test_limit"], seed=seed, device=args.device,
-                              threads=args.threads, data_dir=args.data_dir, out_dir=str(run_dir),
-                              resume=(run_dir / "last.pt").is_file(), quiet=args.quiet)
+            if args.summarize or (args.only and args.only not in run_dir.name):
+                continue
+            print(f"[{i}/{len(runs)}] {label}, trained {SETTINGS[setting]}, seed {seed} -> {run_dir} "
+                  f"({time.perf_counter() - start:.0f} s elapsed)", file=sys.stderr, flush=True)
+            cfg = TrainConfig(model=model, preset=preset, recipe=recipe, train_rotation=setting,
+                              epochs=budget["epochs"], train_limit=budget["train_limit"],
+                              val_limit=budget["val_limit"], test_limit=budget["test_limit"], seed=seed,
+                              device=args.device, threads=args.threads, data_dir=args.data_dir,
+                              out_dir=str(run_dir), resume=(run_dir / "last.pt").is_file(), quiet=args.quiet)
             train(cfg)
             evaluate_checkpoint(run_dir / "best.pt", run_dir, args.data_dir, name=label, angles=angles,
                                 device="cuda" if args.device.startswith("cuda") else "cpu")
             visualize_checkpoint(run_dir / "best.pt", run_dir, args.data_dir)
-        result = json.loads(result_path.read_text())
-        results.append(result)
-        curve = {float(a): v for a, v in result["per_angle"].items()}
-        curves[setting][f"{label} (seed {seed})" if len(args.seeds) > 1 else label] = curve
-
-    table = write_results_table(results, out / "results.md")
-    for setting, name in SETTINGS.items():
-        plot_per_angle(curves[setting], out / f"per_angle_trained_{name}.png",
-                       title=f"accuracy per test rotation, trained {name} ({args.budget} budget)")
-    rows = ["model,train_setting,seed,angle_deg,accuracy"]
-    for r in results:
-        for a, acc in r["per_angle"].items():
-            rows.append(f"{r['name']},{SETTINGS[r['train_rotation']]},{r['seed']},{a},{acc:.6f}")
-    atomic_write_bytes(out / "per_angle.csv", ("\n".join(rows) + "\n").encode())
-    print(table)
-    print(f"wrote {out / 'results.md'}, {out / 'per_angle.csv'} and the per-angle plots "
+        results.append(json.loads(result_path.read_text()))
+    if not results:
+        print("no finished runs yet", file=sys.stderr)
+        return 0
+    text = summarize(results, out, args.budget)
+    print(text)
+    print(f"wrote {out / 'summary.md'}, {out / 'results.md'}, {out / 'per_angle.csv'} and the per-angle plots "
           f"in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 

@@ -24,28 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from gconv_ext.data.paths import DataFileError, DataFileNotFoundError, default_data_dir
-from gconv_ext.train.registry import available_models, build_model
+from gconv_ext.train.config import add_config_arguments, number_type
+from gconv_ext.train.registry import available_models
 
 __all__ = ["main", "build_parser", "seed_list", "positive_int"]
 
 
-def _number(cast: type, minimum: float, strict: bool, what: str):
-    """An argparse type: ``cast(text)``, finite, and > (strict) or >= ``minimum``."""
-    def parse(text: str):
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not (value > minimum if strict else value >= minimum) or value in (float("inf"), float("nan")):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-_positive_int = _number(int, 0, True, "a positive integer")
-_nonneg_int = _number(int, 0, False, "an integer >= 0")
-_positive_float = _number(float, 0.0, True, "a finite positive number")
-_nonneg_float = _number(float, 0.0, False, "a finite number >= 0")
+_positive_int = number_type(int, 0, True, "a positive integer")
+_nonneg_int = number_type(int, 0, False, "an integer >= 0")
 
 positive_int = _positive_int  # argparse types shared with the example scripts
 
@@ -70,13 +56,6 @@ def _model_arg(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         value = raw
     return key, value
-
-
-def _layer_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",")]
-    if not all(names):
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer names, got {text!r}")
-    return names
 
 
 def _device(text: str) -> str:
@@ -116,41 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target parameter count (picks the closest channel count)")
     t.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="extra model keyword argument (repeatable), e.g. --model-arg loc_channels=8")
-    t.add_argument("--train-rotation", choices=("none", "uniform"), default="none",
-                   help="none: upright training; uniform: rotated training (validation is rotated in both)")
-    t.add_argument("--dataset", choices=("mnist", "rotated-mnist"), default="mnist",
-                   help="mnist (default): MNIST, 50,000/10,000 split; rotated-mnist: a SUBSTITUTE for the "
-                        "mnist_rotation_new benchmark built from MNIST (12,000 digits at seeded uniform angles, "
-                        "minus --n-val for validation; tested on its 50,000 rotated test digits) - not the "
-                        "benchmark files, so not comparable to published MNIST-rot numbers")
-    t.add_argument("--n-val", type=_positive_int, default=None,
-                   help="validation digits held out of the training split (10,000 for mnist, 2,000 for rotated-mnist)")
-    t.add_argument("--ien-beta", type=_nonneg_float, default=None,
-                   help="train with the implicit-equivariance (IEN) loss: each batch doubled with a transformed "
-                        "copy, plus BETA x the orbit-pooled feature MSE at the monitored layers; 0 = plain CNN "
-                        "on the same doubled batches (needs a model with orbits, e.g. --model ien-cnn)")
-    t.add_argument("--ien-transforms", choices=("rot90", "rot90+flip", "rot45"), default=None,
-                   help="IEN transforms (with --ien-beta): rot90 (default, C4), rot90+flip (D4), rot45 (C8)")
-    t.add_argument("--ien-layers", type=_layer_list, default=None, metavar="NAME[,NAME...]",
-                   help="IEN monitored layers (with --ien-beta; default: the model's, e.g. blocks.0,...)")
-    t.add_argument("--epochs", type=_positive_int, default=20, help="maximum epochs (20)")
-    t.add_argument("--batch-size", type=_positive_int, default=32, help="global batch size (32)")
-    t.add_argument("--lr", type=_positive_float, default=1e-2, help="AdamW learning rate (1e-2)")
-    t.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, help="AdamW weight decay (1e-4)")
-    t.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience in epochs (5)")
-    t.add_argument("--seed", type=_nonneg_int, default=0, help="initialisation/shuffle/augmentation seed (0)")
     t.add_argument("--out-dir", default=None, help="output folder (default runs/<model>-<rotation>-seed<seed>)")
-    t.add_argument("--train-limit", type=_positive_int, default=None, help="use only N training digits")
-    t.add_argument("--val-limit", type=_positive_int, default=None, help="use only N validation digits")
-    t.add_argument("--resume", action="store_true", help="continue from <out-dir>/last.pt")
-    t.add_argument("--overwrite", action="store_true", help="start again in an out-dir holding a run")
-    t.add_argument("--download", action="store_true", help="download MNIST with torchvision if missing")
-    t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
+    add_config_arguments(t)
     t.add_argument("--no-test", action="store_true", help="skip the test evaluation of best.pt at the end")
     _add_common(t)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on the fixed rotated test set")
-    e.add_argument("checkpoint", help="a best.pt / last.pt written by train")
+    e.add_argument("checkpoint", help="a best.pt / last.pt written by train, or the name of shipped weights "
+                                      "(gconv_ext.models.available_pretrained(), e.g. gcnn-c4-rotated)")
     e.add_argument("--out-dir", default=None, help="where to write results (default: the checkpoint's folder)")
     e.add_argument("--name", default=None, help="model name for the results table")
     e.add_argument("--test-seed", type=_nonneg_int, default=0, help="seed of the fixed test angles (0)")
@@ -194,44 +146,40 @@ def _check_data_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from gconv_ext.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from gconv_ext.train.config import config_from_args  # noqa: PLC0415
+    from gconv_ext.train.engine import ConfigError, train  # noqa: PLC0415
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from gconv_ext.train.loop import TrainConfig, train  # noqa: PLC0415
-
-    from gconv_ext.train.loop import build_objective, resolve_device  # noqa: PLC0415
+    from gconv_ext.train.distributed import resolve_device  # noqa: PLC0415
 
     try:
         resolve_device(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
-    kwargs = _model_kwargs(args)
-    try:
-        model = build_model(args.model, preset=args.preset, **kwargs)  # validate before loading any data
-    except (ValueError, TypeError) as exc:
-        parser.error(f"--model {args.model}: {exc}")
     if args.ien_beta is None:
         for flag, value in (("--ien-transforms", args.ien_transforms), ("--ien-layers", args.ien_layers)):
             if value is not None:
                 parser.error(f"{flag} needs --ien-beta (the IEN objective is off without it)")
-    tag = "" if args.dataset == "mnist" else f"-{args.dataset}"
+    dataset = args.dataset or "mnist"
+    rotation = args.train_rotation or "none"
+    seed = args.seed or 0
+    tag = "" if dataset == "mnist" else f"-{dataset}"
     tag += "" if args.ien_beta is None else f"-ien{args.ien_beta:g}"
-    out_dir = args.out_dir or f"runs/{args.model}{tag}-{args.train_rotation}-seed{args.seed}"
-    cfg = TrainConfig(
-        model=args.model, model_kwargs=kwargs, preset=args.preset, train_rotation=args.train_rotation,
-        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, patience=args.patience, seed=args.seed, device=args.device,
-        threads=args.threads, data_dir=args.data_dir, out_dir=out_dir, train_limit=args.train_limit,
-        val_limit=args.val_limit, test_limit=args.test_limit, resume=args.resume,
-        overwrite=args.overwrite, download=args.download, deterministic=args.deterministic,
-        quiet=args.quiet, dataset=args.dataset, n_val=args.n_val, cache_dir=args.cache_dir,
-        ien_beta=args.ien_beta, ien_transforms=args.ien_transforms or "rot90", ien_layers=args.ien_layers,
-    )
+    out_dir = args.out_dir or f"runs/{args.model}{tag}-{rotation}-seed{seed}"
     try:
-        build_objective(cfg, model)
+        cfg = config_from_args(args, model=args.model, model_kwargs=_model_kwargs(args), preset=args.preset,
+                               eval_batch_size=args.eval_batch_size, device=args.device, threads=args.threads,
+                               data_dir=args.data_dir, out_dir=out_dir, test_limit=args.test_limit,
+                               quiet=args.quiet, cache_dir=args.cache_dir)
     except ValueError as exc:
-        parser.error(f"{'--ien-layers' if args.ien_layers and 'ien_layers' in str(exc) else '--ien-beta'}: {exc}")
+        parser.error(str(exc))
     try:
         summary = train(cfg)
-    except FileExistsError as exc:
+    except ConfigError as exc:
+        flag = "--ien-layers" if args.ien_layers and "ien_layers" in str(exc) else (
+            "--ien-beta" if "ien" in str(exc) or "orbit" in str(exc) else f"--model {args.model}")
+        parser.error(f"{flag}: {exc}")
+    except (FileExistsError, CheckpointError) as exc:
         parser.exit(2, f"error: {exc}\n")
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -252,10 +200,20 @@ def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     import torch  # noqa: PLC0415
 
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from gconv_ext.train.loop import resolve_device  # noqa: PLC0415
+    from gconv_ext.train.distributed import resolve_device  # noqa: PLC0415
 
-    if not Path(args.checkpoint).is_file():
-        parser.exit(2, f"error: checkpoint {args.checkpoint} not found\n")
+    from gconv_ext.models.pretrained import available_pretrained, pretrained_path  # noqa: PLC0415
+
+    checkpoint, out_dir = args.checkpoint, args.out_dir
+    if not Path(checkpoint).is_file():
+        if checkpoint not in available_pretrained():
+            names = ", ".join(available_pretrained()) or "none"
+            parser.exit(2, f"error: checkpoint {checkpoint} not found (nor a pretrained name: {names})\n")
+        try:
+            checkpoint = pretrained_path(checkpoint)
+        except (ValueError, FileNotFoundError) as exc:
+            parser.exit(2, f"error: {exc}\n")
+        out_dir = out_dir or f"runs/pretrained-{args.checkpoint}"
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -263,7 +221,7 @@ def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     except ValueError as exc:
         parser.error(f"--device: {exc}")
     try:
-        result = evaluate_checkpoint(args.checkpoint, args.out_dir, args.data_dir, name=args.name,
+        result = evaluate_checkpoint(checkpoint, out_dir, args.data_dir, name=args.name,
                                      test_limit=args.test_limit, test_seed=args.test_seed,
                                      angles=[float(a) for a in range(0, 360, args.angle_step)],
                                      batch_size=args.eval_batch_size, device=device, cache_dir=args.cache_dir)

@@ -1,6 +1,6 @@
 """Visualisations (PNG, written atomically): the rotated filter bank of an equivariant layer, GCNN
-feature maps of a digit rotated by 0/90/180/270 degrees (the group-axis shift), and STN inputs next to
-what their sampler makes of them."""
+feature maps of a digit rotated by 0/90/180/270 degrees (the group-axis shift), and how an STN's sampler
+canonicalises a digit shown at several rotations."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,11 @@ from torch import nn
 from .data.paths import atomic_write_bytes
 from .nn import GroupConv2d, LiftingConv2d
 
-__all__ = ["plot_filter_bank", "plot_group_feature_maps", "plot_stn_transforms", "visualize_checkpoint"]
+__all__ = ["STN_FIGURE_ANGLES", "plot_filter_bank", "plot_group_feature_maps", "plot_stn_transforms",
+           "visualize_checkpoint"]
+
+#: Counter-clockwise rotations (degrees) of every digit in the STN canonicalisation figure.
+STN_FIGURE_ANGLES: tuple[float, ...] = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)
 
 
 def _figure(rows: int, cols: int, cell: float = 1.1):
@@ -87,23 +91,59 @@ def plot_group_feature_maps(model: nn.Module, image: torch.Tensor, path: str | o
     _save(fig, path)
 
 
-def plot_stn_transforms(model: nn.Module, images: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Inputs (top row) next to what the STN's first sampler makes of them (bottom row), with the
-    predicted angle for the rotation head."""
+def plot_stn_transforms(model: nn.Module, digits: torch.Tensor, path: str | os.PathLike[str],
+                        angles_deg=STN_FIGURE_ANGLES) -> None:
+    """Does the STN canonicalise? Each digit is shown at every rotation of ``angles_deg`` (columns): a
+    row of inputs above a row of what the STN's first sampler makes of them, each warped panel titled
+    with the warp's counter-clockwise angle (the rotation head's angle; for the affine head the
+    rotation of ``theta``, :func:`~gconv_ext.models.stn.theta_rotation_angle`). A canonicaliser turns
+    every copy of a digit into the same orientation (for 0, 1 and 8 possibly up to a half turn), so its
+    warped rows look constant and its angles go down in steps of the input's; an identity-like warp
+    leaves the rotations as they are.
+
+    Args:
+        model: an STN (anything with ``transformed_input(x) -> (warped, params)``).
+        digits: upright digits, float ``[D, 1, H, W]`` or ``[D, H, W]`` in ``[0, 1]`` (or uint8 pixels);
+            they are rotated counter-clockwise in ``[0, 1]`` and then normalised, as the models are fed.
+        path: the PNG to write.
+        angles_deg: the rotations (degrees, counter-clockwise), one column each.
+    """
+    from .analysis.canonicalization import warp_angles_deg  # noqa: PLC0415
+    from .data.mnist import normalize, to_float01  # noqa: PLC0415
+    from .data.transforms import rotate  # noqa: PLC0415
+
     if not hasattr(model, "transformed_input"):
         raise TypeError("plot_stn_transforms: the model must be an STN (transformed_input(x))")
+    if digits.dim() == 3:
+        digits = digits.unsqueeze(1)
+    if digits.dim() != 4 or digits.shape[1] != 1:
+        raise ValueError(f"digits must have shape [D, 1, H, W] or [D, H, W], got {list(digits.shape)}")
+    if digits.dtype == torch.uint8:
+        digits = to_float01(digits)
+    angles = [float(a) for a in angles_deg]
+    if not angles:
+        raise ValueError("angles_deg must contain at least one angle")
+    n, m = digits.shape[0], len(angles)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs01 = rotate(digits.float().repeat_interleave(m, dim=0),
+                      torch.tensor(angles, dtype=torch.float64).repeat(n))
     model.eval()
     with torch.no_grad():
-        warped, params = model.transformed_input(images)
-    cols = images.shape[0]
-    fig, axes = _figure(2, cols)
-    for i in range(cols):
-        axes[0, i].imshow(images[i, 0].cpu().numpy(), cmap="gray")
-        axes[1, i].imshow(warped[i, 0].cpu().numpy(), cmap="gray")
-        if params.dim() == 1:
-            axes[1, i].set_title(f"{torch.rad2deg(params[i]).item():.0f} deg", fontsize=8)
-    axes[0, 0].set_ylabel("input", fontsize=8)
-    axes[1, 0].set_ylabel("sampled", fontsize=8)
+        warped, params = model.transformed_input(normalize(inputs01).to(device))
+    alpha = warp_angles_deg(params)
+    lo, hi = normalize(torch.tensor(0.0)).item(), normalize(torch.tensor(1.0)).item()
+    fig, axes = _figure(2 * n, m, cell=1.3)
+    for d in range(n):
+        for j in range(m):
+            k = d * m + j
+            axes[2 * d, j].imshow(inputs01[k, 0].cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            axes[2 * d + 1, j].imshow(warped[k, 0].cpu().numpy(), cmap="gray", vmin=lo, vmax=hi)
+            axes[2 * d, j].set_title(f"input {angles[j]:g}°", fontsize=7)
+            axes[2 * d + 1, j].set_title(f"warp {round(alpha[k].item()):+d}°", fontsize=7)
+        axes[2 * d, 0].set_ylabel("input", fontsize=8)
+        axes[2 * d + 1, 0].set_ylabel("warped", fontsize=8)
+    fig.suptitle("STN canonicalisation: rotated inputs and the first sampler's output "
+                 "(angles counter-clockwise)", fontsize=9)
     _save(fig, path)
 
 
@@ -112,12 +152,12 @@ def visualize_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.P
     """Write the visualisations that fit the checkpoint's model; returns the written paths.
 
     GCNN: ``filters_lifting.png``, ``filters_group.png`` and ``group_feature_maps.png`` (a test digit
-    rotated by 0/90/180/270 degrees); STN: ``stn_transforms.png`` (8 rotated test digits).
+    rotated by 0/90/180/270 degrees); STN: ``stn_transforms.png`` (:func:`plot_stn_transforms`: 4 test
+    digits chosen with ``seed``, each at 0, 60, ..., 300 degrees, above what the STN makes of them).
     """
     from pathlib import Path  # noqa: PLC0415
 
     from .data.mnist import load_mnist, normalize, to_float01  # noqa: PLC0415
-    from .data.transforms import rotate  # noqa: PLC0415
     from .train.loop import model_from_checkpoint  # noqa: PLC0415
 
     checkpoint = Path(checkpoint)
@@ -125,8 +165,7 @@ def visualize_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     model, cfg, _ = model_from_checkpoint(checkpoint)
     images, _labels = load_mnist("test", data_dir if data_dir is not None else cfg.data_dir)
-    digits01 = to_float01(images[:8]).unsqueeze(1)  # rotate in [0, 1] so the fill is background
-    digits = normalize(digits01)
+    digit = normalize(to_float01(images[:1]).unsqueeze(1))[0]
     written = []
     convs = [m for m in model.modules() if isinstance(m, (LiftingConv2d, GroupConv2d))]
     if convs:
@@ -136,11 +175,11 @@ def visualize_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.P
             plot_filter_bank(convs[1], out / "filters_group.png")
             written.append(str(out / "filters_group.png"))
     if hasattr(model, "group_features"):
-        plot_group_feature_maps(model, digits[0], out / "group_feature_maps.png")
+        plot_group_feature_maps(model, digit, out / "group_feature_maps.png")
         written.append(str(out / "group_feature_maps.png"))
     if hasattr(model, "transformed_input"):
         gen = torch.Generator().manual_seed(seed)
-        angles = torch.rand(digits.shape[0], generator=gen, dtype=torch.float64) * 360
-        plot_stn_transforms(model, normalize(rotate(digits01, angles)), out / "stn_transforms.png")
+        pick = torch.randperm(images.shape[0], generator=gen)[:4]
+        plot_stn_transforms(model, to_float01(images[pick]).unsqueeze(1), out / "stn_transforms.png")
         written.append(str(out / "stn_transforms.png"))
     return written

@@ -1,8 +1,12 @@
 """Tests for the study's baselines: the plain CNN and the spatial-transformer CNN (STN).
 
 Covers shapes, the exact identity initialisation of the STN, that its localisation nets train (the
-study's saturated-sigmoid init made that impossible), parameter counts, a short smoke training,
-argument validation and ``torch.compile(fullgraph=True)``.
+study's saturated-sigmoid init made that impossible), that the default unit-circle rotation head can
+represent and learn any angle (the ``pi * tanh`` head cannot go all the way round), parameter counts, a
+short smoke training, argument validation and ``torch.compile(fullgraph=True)``; and for the
+rotation-equivariant localiser (``loc_kind="equivariant"``): that its angle shifts by exactly minus the
+input's rotation for the group's quarter turns (and half turns), that gradients reach all of it, its
+parameter counts and its argument validation.
 """
 from __future__ import annotations
 
@@ -17,15 +21,19 @@ from gconv_ext.models.cnn import CNN, GCNN_C4_4_16_PARAMS, cnn_for_params, cnn_p
 from gconv_ext.models.common import count_parameters
 from gconv_ext.models.stn import (
     STN,
+    EquivariantLocalizationNet,
     LocalizationNet,
     rotation_theta,
     affine_warp,
     stn_for_params,
     stn_parameter_count,
+    theta_rotation_angle,
 )
 
 MODES = ("single", "multi")
-HEADS = ("rotation", "affine")
+#: Heads whose identity init is exactly the identity and trains.
+HEADS = ("rotation", "rotation-tanh", "affine")
+ALL_HEADS = HEADS + ("rotation-sigmoid",)
 
 
 def small_stn(mode: str, head: str, **kwargs) -> STN:
@@ -64,7 +72,7 @@ def test_cnn_forward_shape(batch: int) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("head", ALL_HEADS)
 @pytest.mark.parametrize("batch", [1, 4])
 def test_stn_forward_shape(mode: str, head: str, batch: int) -> None:
     torch.manual_seed(0)
@@ -73,7 +81,8 @@ def test_stn_forward_shape(mode: str, head: str, batch: int) -> None:
     assert model(x).shape == (batch, 10)
     warped, params = model.transformed_input(x)
     assert warped.shape == x.shape
-    assert params.shape == ((batch,) if head == "rotation" else (batch, 2, 3))
+    assert params.shape == ((batch,) if head.startswith("rotation") else (batch, 2, 3))
+    assert model.localizers[0].head.out_features == {"rotation": 2, "affine": 6}.get(head, 1)
     assert len(model.localizers) == (1 if mode == "single" else 5)
     assert model.block_input_sizes == (28, 23, 18, 13, 8) and model.output_size == 4
 
@@ -100,7 +109,7 @@ def test_identity_init_is_exactly_identity(mode: str, head: str) -> None:
         theta, params = localizer(x if localizer is model.localizers[0] else
                                   torch.rand(8, 8, 23, 23))
         assert torch.equal(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3))
-        if head == "rotation":
+        if head.startswith("rotation"):
             assert torch.equal(params, torch.zeros(8))
     warped, _ = model.transformed_input(x)
     # Only the float32 rounding of the sampling grid remains (~1e-6 of a pixel).
@@ -117,11 +126,87 @@ def test_rotation_convention_matches_rot90() -> None:
     assert torch.equal(rotation_theta(torch.zeros(1)), torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]))
 
 
+def test_rotation_head_bias_sets_the_warp() -> None:
+    """Head weight 0 and bias (0, 1): angle pi/2 and exactly the rot90 warp (any bias length)."""
+    loc = LocalizationNet(1, 4).double()
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    for scale in (1.0, 0.25, 7.0):
+        with torch.no_grad():
+            loc.head.bias.copy_(torch.tensor([0.0, scale]))
+        theta, angle = loc(x)
+        quarter = torch.tensor([[0.0, -1, 0], [1, 0, 0]], dtype=torch.float64)
+        assert torch.equal(theta, quarter.expand(3, 2, 3))
+        torch.testing.assert_close(angle, torch.full((3,), math.pi / 2, dtype=torch.float64), rtol=0,
+                                   atol=1e-15)
+        torch.testing.assert_close(affine_warp(x, theta), torch.rot90(x, 1, dims=(-2, -1)), rtol=0,
+                                   atol=1e-12)
+
+
+def test_rotation_head_represents_every_angle() -> None:
+    """Bias (r cos a, r sin a) gives angle a for every a in (-pi, pi], across the +-pi seam too."""
+    loc = LocalizationNet(1, 4).double()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    angles = torch.cat([torch.linspace(-math.pi, math.pi, 73, dtype=torch.float64)[1:],
+                        torch.tensor([-math.pi + 1e-6, math.pi - 1e-6, 2.5, -2.5], dtype=torch.float64)])
+    for a in angles.tolist():
+        r = 0.5 + abs(a)  # the length of (c, s) does not matter
+        with torch.no_grad():
+            loc.head.bias.copy_(torch.tensor([r * math.cos(a), r * math.sin(a)], dtype=torch.float64))
+        theta, got = loc(x)
+        assert -math.pi <= got.min() and got.max() <= math.pi
+        diff = torch.remainder(got - a + math.pi, 2 * math.pi) - math.pi
+        assert diff.abs().max() < 1e-12, (a, got)
+        torch.testing.assert_close(theta, rotation_theta(torch.full((2,), a, dtype=torch.float64)),
+                                   rtol=0, atol=1e-15)
+        torch.testing.assert_close(theta_rotation_angle(theta), got, rtol=0, atol=1e-12)
+
+
+def test_theta_rotation_angle() -> None:
+    """The rotation of theta's polar decomposition: inverts rotation_theta; scale/shear/shift ignored."""
+    a = torch.tensor([0.0, 0.3, math.pi / 2, 2.0, -2.9, -math.pi / 2, math.pi], dtype=torch.float64)
+    theta = rotation_theta(a)
+    torch.testing.assert_close(theta_rotation_angle(theta), a, rtol=0, atol=1e-12)
+    # theta = [R(a) P | t] with P symmetric positive definite: still angle a.
+    p = torch.tensor([[1.7, 0.4], [0.4, 0.6]], dtype=torch.float64)
+    affine = theta.clone()
+    affine[:, :, :2] = theta[:, :, :2] @ p
+    affine[:, :, 2] = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    got = theta_rotation_angle(affine)
+    torch.testing.assert_close(torch.cos(got), torch.cos(a), rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.sin(got), torch.sin(a), rtol=0, atol=1e-12)
+    # Sign: a quarter turn counter-clockwise (torch.rot90 k=1) reads +pi/2.
+    quarter = torch.tensor([[[0.0, -1, 0], [1, 0, 0]]], dtype=torch.float64)
+    x = torch.rand(1, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(affine_warp(x, quarter), torch.rot90(x, 1, dims=(-2, -1)), rtol=0, atol=1e-12)
+    assert theta_rotation_angle(quarter).item() == pytest.approx(math.pi / 2)
+    with pytest.raises(ValueError, match="theta"):
+        theta_rotation_angle(torch.zeros(2, 3, 3))
+
+
 def test_random_init_is_small_and_input_dependent() -> None:
+    for head in ("rotation", "rotation-tanh"):
+        torch.manual_seed(0)
+        model = small_stn("single", head, init="random", init_std=0.05)
+        _, angles = model.transformed_input(torch.rand(16, 1, 28, 28))
+        assert 0 < angles.abs().max() < 0.5 and angles.std() > 0, head
+
+
+def test_study_sigmoid_head_reproduces_the_study() -> None:
+    """head="rotation-sigmoid": identity init = bias 1e5 (angle 2*pi, identity up to sin(2*pi) in
+    float32); random init = PyTorch's default Linear init (angles near pi)."""
     torch.manual_seed(0)
-    model = small_stn("single", "rotation", init="random", init_std=0.05)
-    _, angles = model.transformed_input(torch.rand(16, 1, 28, 28))
-    assert 0 < angles.abs().max() < 0.5 and angles.std() > 0
+    loc = LocalizationNet(1, 4, head="rotation-sigmoid")
+    assert torch.count_nonzero(loc.head.weight) == 0 and loc.head.bias.item() == 1e5
+    x = torch.rand(8, 1, 28, 28)
+    theta, angle = loc(x)
+    assert torch.equal(angle, torch.full((8,), 2 * math.pi))
+    identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(8, 2, 3)
+    torch.testing.assert_close(theta, identity, rtol=0, atol=1e-6)
+    rand = LocalizationNet(1, 16, head="rotation-sigmoid", init="random")
+    bound = 1 / math.sqrt(16)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert rand.head.weight.abs().max() <= bound and rand.head.weight.std() > bound / 4
+    _, angle = rand(x)
+    assert (angle - math.pi).abs().max() < 1.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,7 +214,8 @@ def test_random_init_is_small_and_input_dependent() -> None:
 
 
 def test_study_init_blocks_all_localizer_gradients() -> None:
-    """The study's rotation head (weight 0, bias 1e5, angle = 2*pi*sigmoid) gets exactly zero grads."""
+    """The study's rotation head (weight 0, bias 1e5, angle = 2*pi*sigmoid) gets exactly zero grads,
+    written out by hand and as head="rotation-sigmoid" in a whole STN, however long it trains."""
     torch.manual_seed(0)
     head = nn.Linear(16, 1)
     with torch.no_grad():
@@ -141,6 +227,31 @@ def test_study_init_blocks_all_localizer_gradients() -> None:
     affine_warp(x, rotation_theta(angle)).square().sum().backward()
     assert torch.count_nonzero(head.weight.grad) == 0 and torch.count_nonzero(head.bias.grad) == 0
     assert torch.count_nonzero(features.grad) == 0
+
+    model = small_stn("single", "rotation-sigmoid")
+    before = [p.detach().clone() for p in model.localizer_parameters()]
+    x, y = bars_task(16, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for name, p in model.localizers.named_parameters():
+            assert torch.count_nonzero(p.grad) == 0, name
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.localizer_parameters(), before))
+
+
+def test_rotation_head_gradient_from_the_first_step() -> None:
+    """At the identity init (bias (1, 0)) the sine output gets the whole gradient; the cosine, the
+    radial direction of the normalisation, exactly none."""
+    torch.manual_seed(0)
+    loc = LocalizationNet(1, 4)
+    x = torch.rand(6, 1, 28, 28)
+    theta, _ = loc(x)
+    (affine_warp(x, theta) - torch.rot90(x, 1, dims=(-2, -1))).square().sum().backward()
+    assert loc.head.bias.grad[1] != 0 and loc.head.bias.grad[0] == 0
+    assert loc.head.weight.grad[1].abs().sum() > 0 and torch.count_nonzero(loc.head.weight.grad[0]) == 0
+    assert torch.count_nonzero(loc.conv1.weight.grad) == 0  # behind the zero head weight, until step 2
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,8 +281,47 @@ def test_localizers_receive_gradients(mode: str, head: str) -> None:
         opt.step()
     _, params = model.transformed_input(x)
     identity = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
-    moved = params.abs() if head == "rotation" else (params - identity).abs()
+    moved = params.abs() if head.startswith("rotation") else (params - identity).abs()
     assert moved.max() > 1e-4 and params.reshape(len(params), -1).std(0).max() > 0  # input-dependent warps
+
+
+class GivenFeatures(LocalizationNet):
+    """A localiser whose convs already give an orientation descriptor: ``features(f) = f``."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("head", ["rotation", "rotation-tanh"])
+def test_head_learns_angles_all_the_way_round(head: str) -> None:
+    """Copies of a digit at theta = 0, 30, ..., 330 degrees, described by (cos theta, sin theta) (what a
+    rotation-equivariant descriptor gives), must be warped by -theta to end upright: 150 Adam steps
+    from the identity init on the squared distance of theta's linear part to R(-theta).
+
+    The unit-circle head learns the canonicaliser (it is linear in these features: c = cos theta,
+    s = -sin theta), the warps beyond +-90 degrees and across the +-180 seam included. The pi*tanh
+    head cannot: its angle is a monotone function of a sinusoid of theta, which rises on about half
+    of the 12 steps where -theta falls, and it ends more than 45 degrees off somewhere.
+    """
+    theta = torch.deg2rad(torch.arange(0.0, 360.0, 30.0))
+    target = torch.remainder(math.pi - theta, 2 * math.pi) - math.pi  # -theta in [-pi, pi)
+    features = torch.stack((torch.cos(theta), torch.sin(theta)), dim=1)
+    loc = GivenFeatures(1, 2, head=head)
+    opt = torch.optim.Adam(loc.parameters(), lr=0.05)
+    goal = rotation_theta(target)[:, :, :2]
+    for _ in range(150):
+        opt.zero_grad()
+        warp, _ = loc(features)
+        (warp[:, :, :2] - goal).square().sum((1, 2)).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        _, angle = loc(features)
+    error = torch.rad2deg(torch.remainder(angle - target + math.pi, 2 * math.pi) - math.pi).abs()
+    if head == "rotation":
+        assert error.max() < 1.0, error
+        assert (torch.rad2deg(target).abs() > 90).sum() == 5  # the warps tanh-like heads struggle with
+    else:
+        assert error.max() > 45.0, error
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,10 +352,17 @@ def test_cnn_parameter_counts() -> None:
 
 
 def test_stn_parameter_counts() -> None:
-    expected_default = {("single", "rotation"): 110_539, ("single", "affine"): 110_624,
-                        ("multi", "rotation"): 187_535, ("multi", "affine"): 187_960}
-    expected_matched = {("single", "rotation"): (31, 104_199), ("single", "affine"): (31, 104_284),
-                        ("multi", "rotation"): (20, 105_455), ("multi", "affine"): (19, 100_340)}
+    # The study's one-output heads give its 110,539; the unit-circle head has loc_channels + 1 = 17
+    # more per localiser.
+    expected_default = {("single", "rotation"): 110_556, ("single", "rotation-tanh"): 110_539,
+                        ("single", "rotation-sigmoid"): 110_539, ("single", "affine"): 110_624,
+                        ("multi", "rotation"): 187_620, ("multi", "rotation-tanh"): 187_535,
+                        ("multi", "rotation-sigmoid"): 187_535, ("multi", "affine"): 187_960}
+    expected_matched = {("single", "rotation"): (31, 104_216), ("single", "rotation-tanh"): (31, 104_199),
+                        ("single", "rotation-sigmoid"): (31, 104_199), ("single", "affine"): (31, 104_284),
+                        ("multi", "rotation"): (20, 105_540), ("multi", "rotation-tanh"): (20, 105_455),
+                        ("multi", "rotation-sigmoid"): (20, 105_455), ("multi", "affine"): (19, 100_340)}
+    assert stn_parameter_count("single", "rotation") - stn_parameter_count("single", "rotation-tanh") == 17
     for (mode, head), n in expected_default.items():
         assert count_parameters(STN(mode, head)) == stn_parameter_count(mode, head) == n
         model = stn_for_params(GCNN_C4_4_16_PARAMS, mode, head)
@@ -214,9 +371,186 @@ def test_stn_parameter_counts() -> None:
     for kwargs in [dict(channels=5, layers=3, loc_channels=3, kernel_size=3),
                    dict(channels=9, layers=2, loc_channels=7, kernel_size=5, in_channels=3)]:
         for mode in MODES:
-            for head in HEADS:
-                assert count_parameters(STN(mode, head, **kwargs)) == \
-                    stn_parameter_count(mode, head, **kwargs)
+            for head in ALL_HEADS:
+                for pool in ("mean", "grid"):
+                    assert count_parameters(STN(mode, head, loc_pool=pool, **kwargs)) == \
+                        stn_parameter_count(mode, head, loc_pool=pool, **kwargs)
+    # The grid-pooled localiser: 16 channels x 4 x 4 cells -> 32 hidden -> 2, i.e. 8,192 + 32 + 64 + 2 more
+    # weights than the mean-pooled one's 16 -> 2 head (34).
+    assert stn_parameter_count(loc_pool="grid") - stn_parameter_count() == 8_256
+    grid = stn_for_params(GCNN_C4_4_16_PARAMS, loc_pool="grid")
+    assert (grid.channels, count_parameters(grid)) == (29, 100_392) and grid.loc_pool == "grid"
+    with pytest.raises(ValueError, match="loc_pool"):
+        STN(loc_pool="max")
+
+
+def test_grid_localiser_sees_orientation() -> None:
+    # The mean over a feature map's positions hardly changes when the digit turns; the grid of cells does.
+    # Two copies of an asymmetric blob 90 degrees apart: the grid descriptors differ, the head can tell them.
+    torch.manual_seed(0)
+    x = torch.zeros(1, 1, 28, 28)
+    x[..., 4:12, 6:22] = 1.0
+    x[..., 12:24, 6:10] = 1.0
+    both = torch.cat([x, torch.rot90(x, 1, dims=(-2, -1))])
+    grid = LocalizationNet(1, 8, 5, pool="grid")
+    mean = LocalizationNet(1, 8, 5, pool="mean")
+    mean.load_state_dict({k: v for k, v in grid.state_dict().items() if k.startswith("conv")}, strict=False)
+    with torch.no_grad():
+        g, m = grid.features(both), mean.features(both)
+    assert (g[0] - g[1]).norm() / g[0].norm() > 0.1
+    assert g.shape == (2, 32) and m.shape == (2, 8)
+
+
+# --------------------------------------------------------------------------------------------
+# the equivariant localiser
+
+
+def equivariant_stn(group: str = "C8", dtype: torch.dtype = torch.float32, **kwargs) -> STN:
+    kwargs.setdefault("channels", 4)
+    kwargs.setdefault("layers", 2)
+    kwargs.setdefault("loc_channels", 3)
+    return STN(loc_kind="equivariant", loc_group=group, **kwargs).to(dtype)
+
+
+def wrapped_deg(a: torch.Tensor) -> torch.Tensor:
+    """Angles (degrees) wrapped to [-180, 180)."""
+    return torch.remainder(a + 180.0, 360.0) - 180.0
+
+
+class GivenScores(EquivariantLocalizationNet):
+    """An equivariant localiser whose network is bypassed: ``scores(s) = s``."""
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize("group", ["C4", "C6", "C8", "C16"])
+def test_equivariant_head_turns_with_the_group_axis(group: str) -> None:
+    """Rolling the scores by k (what rotating the input by 2*pi*k/N does to the group axis) turns phi by
+    exactly 360*k/N degrees and the warp angle by minus that, for every k, with any learned offset."""
+    torch.manual_seed(0)
+    loc = GivenScores(1, 2, group=group).double()
+    n = loc.group.order
+    with torch.no_grad():
+        loc.offset.fill_(0.7)
+    s = torch.randn(5, n, dtype=torch.float64)
+    _, alpha = loc(s)
+    cos, sin = loc.orientation(s)
+    phi = torch.rad2deg(torch.atan2(sin, cos))
+    torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha) + phi), wrapped_deg(torch.full_like(phi, math.degrees(0.7))),
+                               rtol=0, atol=1e-10)
+    for k in range(1, n):
+        rolled = torch.roll(s, k, dims=-1)
+        cos_k, sin_k = loc.orientation(rolled)
+        _, alpha_k = loc(rolled)
+        shift = 360.0 * k / n
+        torch.testing.assert_close(wrapped_deg(torch.rad2deg(torch.atan2(sin_k, cos_k)) - phi - shift),
+                                   torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-10)
+        torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha_k - alpha) + shift),
+                                   torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("group", "quarter_turns", "size"), [
+    ("C4", (1, 2, 3), 28), ("C8", (1, 2, 3), 28), ("C16", (1, 2, 3), 28), ("C8", (1, 2, 3), 32),
+    ("C6", (2,), 28),  # 180 degrees is element 3 of C6; its quarter turns are not in the group
+])
+def test_equivariant_localizer_is_exact_for_quarter_turns(group: str, quarter_turns, size: int) -> None:
+    """float64, even sizes (the 2x2/2 pool is exact): rotating the input by k quarter turns
+    (torch.rot90, counter-clockwise) shifts the warp angle by exactly -90k degrees, to ~1e-10 degrees,
+    and every copy is warped to the same image."""
+    torch.manual_seed(1)
+    model = equivariant_stn(group, torch.float64, input_size=size)
+    x = torch.rand(4, 1, size, size, dtype=torch.float64) * (torch.rand(4, 1, size, size) > 0.6)
+    with torch.no_grad():
+        warped, alpha = model.transformed_input(x)
+        for k in quarter_turns:
+            warped_k, alpha_k = model.transformed_input(torch.rot90(x, k, dims=(-2, -1)))
+            err = wrapped_deg(torch.rad2deg(alpha_k - alpha) + 90.0 * k)
+            assert err.abs().max() < 1e-4, (k, err)  # measured ~1e-12
+            torch.testing.assert_close(warped_k, warped, rtol=0, atol=1e-9)
+        assert torch.rad2deg(alpha).std() > 1.0  # not a constant warp
+
+
+def test_equivariant_localizer_gradients_reach_every_parameter() -> None:
+    """From the very first step (no identity init to wait behind): one cross-entropy backward gives every
+    localiser parameter, the offset included, a nonzero gradient, also under bf16 autocast; a few AdamW
+    steps change the warps."""
+    torch.manual_seed(0)
+    model = equivariant_stn("C8", channels=8, layers=2, loc_channels=4, num_classes=3)
+    x, y = bars_task(16, seed=1)
+    names = {name for name, _ in model.localizers.named_parameters()}
+    assert names == {"0.lift.weight", "0.lift.bias", "0.gconv.weight", "0.gconv.bias", "0.score.weight",
+                     "0.offset"}
+    for autocast in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        for name, p in model.localizers.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, (autocast, name)
+    with torch.no_grad():
+        _, before = model.transformed_input(x)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        _, after = model.transformed_input(x)
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_equivariant_localizer_degenerate_input_is_finite() -> None:
+    """A blank image has no orientation (v = 0): the eps guard keeps the warp and its gradient finite."""
+    model = equivariant_stn("C8")
+    x = torch.zeros(2, 1, 28, 28, requires_grad=True)
+    out = model(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+def test_equivariant_parameter_counts() -> None:
+    # Localiser: lift 1*C*k^2 + C, group conv C*C*N*k^2 + C, score C (no bias), offset 1.
+    k2 = 25
+    for c, n in [(8, 8), (4, 16), (3, 6)]:
+        loc = EquivariantLocalizationNet(1, c, 5, f"C{n}")
+        assert count_parameters(loc) == c * k2 + c + c * c * n * k2 + c + c + 1
+    assert count_parameters(EquivariantLocalizationNet(1, 8, 5, "C8")) == 13_025
+    # The whole STN: the CNN body (32 channels, exactly the plain CNN's 103,690) plus the localiser.
+    assert stn_parameter_count(loc_channels=8, loc_kind="equivariant") == 103_690 + 13_025 == 116_715
+    assert count_parameters(STN(loc_channels=8, loc_kind="equivariant")) == 116_715
+    for kwargs in [dict(), dict(channels=5, layers=3, loc_channels=3, kernel_size=3),
+                   dict(channels=9, layers=2, loc_channels=2, kernel_size=5, in_channels=3),
+                   dict(channels=7, layers=4, loc_channels=4, kernel_size=7)]:
+        for group in ("C4", "C8", "C16", "C6"):
+            model = STN(loc_kind="equivariant", loc_group=group, **kwargs)
+            assert count_parameters(model) == \
+                stn_parameter_count(loc_kind="equivariant", loc_group=group, **kwargs), (kwargs, group)
+    # Matched to the GCNN C4/4/16 (102,970): 30 body channels and 8 C8 fields, 104,235 (+1.2%).
+    model = stn_for_params(GCNN_C4_4_16_PARAMS, loc_channels=8, loc_kind="equivariant", loc_group="C8")
+    assert (model.channels, count_parameters(model)) == (30, 104_235) and model.loc_kind == "equivariant"
+    assert isinstance(model.localizers[0], EquivariantLocalizationNet) and len(model.localizers) == 1
+    assert model.loc_group.name == "C8"
+    # The group's (cos, sin) table is a non-persistent buffer: checkpoints hold the parameters only.
+    assert set(model.localizers[0].state_dict()) == {"lift.weight", "lift.bias", "gconv.weight", "gconv.bias",
+                                                     "score.weight", "offset"}
+
+
+def test_registry_canonical_stn() -> None:
+    from gconv_ext.train import build_model  # noqa: PLC0415
+
+    matched = build_model("stn-single-canonical", preset="matched")
+    assert isinstance(matched, STN) and matched.loc_kind == "equivariant" and matched.mode == "single"
+    assert count_parameters(matched) == 104_235 and matched.loc_group.name == "C8"
+    tiny = build_model("stn-single-canonical", preset="tiny", group="C16")
+    assert (tiny.channels, tiny.layers, tiny.loc_channels, tiny.loc_group.name) == (8, 2, 4, "C16")
+    assert tiny(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    for kwargs, name in [(dict(group="D8"), "group"), (dict(group="C1"), "group"), (dict(group="Z4"), "group"),
+                         (dict(channels=8, params=1000), "params"), (dict(loc_pool="grid"), "loc_pool")]:
+        with pytest.raises(ValueError, match=rf"\b{name}\b"):
+            build_model("stn-single-canonical", **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,8 +610,28 @@ def test_smoke_training_learns_tiny_task(kind: str) -> None:
         (STN, dict(init_std=float("nan")), "init_std"),
         (STN, dict(input_size=0), "input_size"),
         (LocalizationNet, dict(in_channels=1, loc_channels=0), "loc_channels"),
+        (LocalizationNet, dict(in_channels=1, loc_channels=4, head="rotation-cos"), "head"),
+        (stn_parameter_count, dict(head="rotation-study"), "head"),
         (cnn_for_params, dict(target=0), "target"),
         (stn_for_params, dict(mode="both"), "mode"),
+        (STN, dict(loc_kind="steerable"), "loc_kind"),
+        (STN, dict(loc_kind="equivariant", loc_group="D8"), "loc_group"),
+        (STN, dict(loc_kind="equivariant", loc_group="C1"), "loc_group"),
+        (STN, dict(loc_kind="equivariant", loc_group="R8"), "loc_group"),
+        (STN, dict(loc_kind="equivariant", loc_group=8), "loc_group"),
+        (STN, dict(loc_kind="equivariant", mode="multi"), "mode"),
+        (STN, dict(loc_kind="equivariant", head="affine"), "head"),
+        (STN, dict(loc_kind="equivariant", loc_pool="grid"), "loc_pool"),
+        (STN, dict(loc_kind="equivariant", kernel_size=4), "kernel_size"),
+        (STN, dict(loc_kind="equivariant", loc_channels=0), "loc_channels"),
+        (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=0), "loc_channels"),
+        (EquivariantLocalizationNet, dict(in_channels=0, loc_channels=4), "in_channels"),
+        (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=4, kernel_size=6), "kernel_size"),
+        (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=4, group="D4"), "group"),
+        (stn_parameter_count, dict(loc_kind="equivariant", loc_group="D4"), "loc_group"),
+        (stn_parameter_count, dict(loc_kind="equivariant", mode="multi"), "mode"),
+        (stn_parameter_count, dict(loc_kind="cnn-ish"), "loc_kind"),
+        (stn_for_params, dict(loc_kind="equivariant", head="rotation-tanh"), "head"),
     ],
 )
 def test_bad_arguments_name_the_argument(factory, kwargs, name: str) -> None:

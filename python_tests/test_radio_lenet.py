@@ -14,6 +14,7 @@ from gconv_ext.analysis import exact_input_sizes, layer_equivariance_errors
 from gconv_ext.experiments.radio import ConfigError, config_to_ini, load_config, parse_config, summarize_seeds
 from gconv_ext.models import EquivariantLeNet, VanillaLeNet, lenet, lenet_feature_size, pad_to_odd
 from gconv_ext.nn import EquivarianceWarning, check_exact
+from gconv_ext.train import load_checkpoint
 
 from conftest import REPO
 
@@ -139,8 +140,11 @@ def test_tiny_sweep_smoke(tmp_path, shared_data_dir):
     assert (out / "test_error_vs_N.png").stat().st_size > 1000
     log = list(csv.DictReader(open(out / "C4" / "log.csv")))
     assert len(log) == 1 and (out / "C4" / "model.pt").is_file() and (out / "C4" / "config.ini").is_file()
-    saved = torch.load(out / "C4" / "model.pt", weights_only=True)
-    assert saved["config"]["model"]["base"] == "CN" and saved["config"]["training"]["imsize"] == 46
+    saved = load_checkpoint(out / "C4" / "model.pt")  # the engine's best checkpoint, under the configured name
+    settings = saved["experiment"]["settings"]
+    assert settings["model"]["base"] == "CN" and settings["training"]["imsize"] == 46
+    assert saved["config"]["optimizer"] == "adam" and saved["config"]["lr_schedule"] == "plateau"
+    assert {"last.pt", "summary.json"} <= {p.name for p in (out / "C4").iterdir()}
     # the same sweep again reuses every finished run; a changed configuration (2 epochs) trains again
     again = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
     assert again.stdout.count("reusing the finished run") == 5

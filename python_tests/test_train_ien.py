@@ -22,15 +22,11 @@ from gconv_ext.losses import apply_transform, sample_transforms
 from gconv_ext.models import IENCNN, count_parameters, ien_cnn, ien_cnn_parameter_count, ien_loss
 from gconv_ext.train import TrainConfig, build_model, load_checkpoint, train
 from gconv_ext.train.evaluate import evaluate_checkpoint, write_results_table
-from gconv_ext.train.loop import (
-    DistContext,
-    TrainData,
-    _resume_view,
-    _train_epoch,
-    build_objective,
-    epoch_generator,
-    load_train_data,
-)
+from gconv_ext.train.checkpoint import _resume_view
+from gconv_ext.train.datasets import TrainData, epoch_generator, load_train_data
+from gconv_ext.train.distributed import DistContext
+from gconv_ext.train.engine import _Run, make_optimizer
+from gconv_ext.train.objective import build_objective
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +47,8 @@ def rot_cache(tmp_path_factory, shared_data_dir):
 
 def _cfg(tmp, data_dir, **kw) -> TrainConfig:
     base = dict(model="ien-cnn", preset="tiny", ien_beta=1.0, epochs=2, batch_size=16, train_limit=256,
-                val_limit=128, test_limit=128, data_dir=str(data_dir), out_dir=str(tmp), device="cpu", quiet=True)
+                val_limit=128, test_limit=128, data_dir=str(data_dir), out_dir=str(tmp), device="cpu", quiet=True,
+                precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -126,13 +123,16 @@ def _one_epoch(beta: float, seed: int = 0):
     torch.manual_seed(5)
     data = TrainData(torch.rand(24, 1, 12, 12), torch.randint(0, 10, (24,)), torch.zeros(1, 1, 12, 12),
                      torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.float64))
+    # SGD (momentum: its first step is plain SGD), constant lr 0.1, no decay: one step by hand below
     cfg = TrainConfig(model="ien-cnn", preset="tiny", ien_beta=beta, batch_size=24, epochs=1, seed=seed,
-                      quiet=True, device="cpu")
+                      quiet=True, device="cpu", optimizer="sgd", lr=0.1, weight_decay=0.0,
+                      lr_schedule="constant", warmup_epochs=0.0, precision="fp32")
     torch.manual_seed(0)
     model = cfg.build_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = _train_epoch(model, opt, data, cfg, DistContext(0, 1, 0, torch.device("cpu")), 0,
-                         build_objective(cfg, model))
+    opt = make_optimizer(cfg, model.parameters())
+    run = _Run(cfg, DistContext(0, 1, 0, torch.device("cpu")), model, model, opt, data,
+               build_objective(cfg, model), "fp32", prepare=normalize)
+    stats = run.epoch(0)
     return data, cfg, model, stats
 
 
@@ -199,7 +199,7 @@ def test_ien_resume_is_bit_identical(tmp_path, shared_data_dir):
     assert full["history"] == [dict(r, epoch_time_s=f["epoch_time_s"], train_time_s=f["train_time_s"],
                                     images_per_s=f["images_per_s"])
                                for r, f in zip(split["history"], full["history"])]
-    assert (tmp_path / "split" / "metrics.csv").read_text().splitlines()[0].endswith("train_ce,mse_blocks.0,mse_blocks.1")
+    assert "train_ce,mse_blocks.0,mse_blocks.1,precision" in (tmp_path / "split" / "metrics.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="config differs.*ien_beta"):
         train(_cfg(tmp_path / "split", shared_data_dir, resume=True, **{**kw, "ien_beta": 0.0, "epochs": 3}))
 

@@ -12,6 +12,11 @@ pixel at the bottom/right otherwise (27: the last row and column dropped; 29: on
 at the bottom/right). The test digits are fitted first and then rotated about the centre of the fitted
 image (``gconv_ext.data.rotate``: exact for multiples of 90 degrees, bilinear with zero fill otherwise).
 Pixels are in [0, 1] (no mean subtraction, so padding, zero fill and background agree).
+
+Training goes through the project's engine (:func:`gconv_ext.train.engine.fit`) with this experiment's
+preset :data:`PARITY_PROTOCOL` (Adam, constant learning rate, no weight decay, float32, no validation set: the
+model after the last epoch is evaluated); with an ``out_dir`` each model's run gets ``metrics.csv``,
+``last.pt``/``best.pt`` and ``summary.json`` and an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +36,13 @@ from ..data import rotate
 from ..groups import Group, group_from_name
 from ..models.common import check_int
 from ..nn import EquivarianceWarning, GroupBatchNorm2d, GroupConv2d, GroupMaxPool2d, InvariantPool, LiftingConv2d
+from ..train.config import TrainConfig
+from ..train.datasets import TrainData
+from ..train.engine import accuracy, fingerprint, fit
 from .report import mean_std
 
 __all__ = ["ParityGCNN", "ParityCNN", "fit_size", "train_classifier", "rotated_accuracy", "ParityBudget",
-           "PARITY_BUDGETS", "ANGLES", "mean_accuracy", "run_parity", "summarize_parity"]
+           "PARITY_BUDGETS", "PARITY_PROTOCOL", "ANGLES", "mean_accuracy", "run_parity", "summarize_parity"]
 
 #: The evaluation angles (degrees): 0, 10, ..., 350.
 ANGLES: tuple[int, ...] = tuple(range(0, 360, 10))
@@ -126,44 +137,40 @@ PARITY_BUDGETS: dict[str, ParityBudget] = {
 }
 
 
+#: The training protocol of the parity experiment (:class:`~gconv_ext.train.config.TrainConfig` fields; the
+#: budget gives the epochs, batch size and learning rate): Adam on cross-entropy at a constant rate.
+PARITY_PROTOCOL: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, lr_schedule="constant", warmup_epochs=0.0,
+                                       patience=0, precision="fp32", device="cpu", eval_batch_size=500)
+
+
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, log=None) -> list[float]:
-    """Adam on cross-entropy; returns the mean training loss of each epoch. ``images`` ``[N, C, H, W]``.
-    ``log`` (e.g. ``print``), if given, gets one progress line per epoch."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in range(epochs):
-        perm = torch.randperm(images.shape[0], generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        losses.append(total / max(count, 1))
-        if log is not None:
-            log(f"  epoch {len(losses)}/{epochs}: train loss {losses[-1]:.4f}")
-    return losses
+                     batch_size: int = 64, lr: float = 1e-3, seed: int = 0, log: Callable[[str], None] | None = None,
+                     *, out_dir: str | Path | None = None, **train_options: Any) -> list[float]:
+    """Adam on cross-entropy (:data:`PARITY_PROTOCOL`, through :func:`gconv_ext.train.engine.fit`); returns
+    the mean training loss of each epoch. ``images`` ``[N, C, H, W]`` as the model takes them. ``log`` (e.g.
+    ``print``), if given, gets one progress line per epoch (and a progress bar goes to stderr).
+
+    ``out_dir``: where the run writes ``metrics.csv``, ``last.pt``, ``best.pt`` and ``summary.json``; a run
+    found there with the same settings and data resumes (a finished one is not trained again), one with
+    other settings is replaced. None: nothing is written. ``train_options``: other
+    :class:`~gconv_ext.train.config.TrainConfig` fields (``device``, ``precision``, ``compile``,
+    ``stop_after``, ...)."""
+    cfg = TrainConfig(**{**PARITY_PROTOCOL, "model": type(model).__name__, "epochs": epochs,
+                         "batch_size": batch_size, "lr": lr, "seed": seed, "quiet": log is None,
+                         "out_dir": None if out_dir is None else str(out_dir), "resume": True, "overwrite": True,
+                         **train_options})
+    meta = {"experiment": "parity", "dataset": "MNIST (upright, fitted to the input size)",
+            "input_size": int(images.shape[-1]), "data": fingerprint(images, labels)}
+    summary = fit(model, TrainData(images, labels, None, None, None), cfg, meta=meta, log=log)
+    return [row["train_loss"] for row in summary["history"]]
 
 
 def rotated_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      angles: tuple[int, ...] = ANGLES, batch_size: int = 500) -> dict[int, float]:
-    """``{angle: accuracy}`` of ``model`` on ``images`` ``[N, C, H, W]`` rotated by each angle (degrees)."""
-    model.eval()
-    out: dict[int, float] = {}
-    with torch.no_grad():
-        for a in angles:
-            correct = 0
-            for i in range(0, images.shape[0], batch_size):
-                x = rotate(images[i:i + batch_size], float(a))
-                correct += (model(x).argmax(1) == labels[i:i + batch_size]).sum().item()
-            out[int(a)] = correct / images.shape[0]
-    return out
+    """``{angle: accuracy}`` of ``model`` on ``images`` ``[N, C, H, W]`` rotated by each angle (degrees),
+    on the model's device (:func:`gconv_ext.train.engine.accuracy`)."""
+    device = next(model.parameters()).device
+    return {int(a): accuracy(model, rotate(images, float(a)), labels, batch_size, device) for a in angles}
 
 
 def mean_accuracy(per_angle: dict[int, float]) -> float:
@@ -172,10 +179,15 @@ def mean_accuracy(per_angle: dict[int, float]) -> float:
 
 
 def run_parity(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
-               budget: ParityBudget, seed: int = 0, log=print) -> list[dict]:
+               budget: ParityBudget, seed: int = 0, log=print, *, out_dir: str | Path | None = None,
+               **train_options: Any) -> list[dict]:
     """Train a C4 ParityGCNN at every size of ``budget`` and a ParityCNN at 28 on upright digits (uint8
     ``[N, 28, 28]``), evaluate at :data:`ANGLES`. Returns one row per model: ``model``, ``size``, ``exact``,
-    ``mean_acc``, ``acc_<angle>`` for each angle, ``train_loss``, ``seconds``."""
+    ``mean_acc``, ``acc_<angle>`` for each angle, ``train_loss``, ``seconds`` (wall time of this call: a
+    resumed run counts only what it did).
+
+    ``out_dir``: each model trains in ``<out_dir>/<model>-<size>`` (checkpoints, metrics, resume; see
+    :func:`train_classifier`, which also takes the ``train_options``)."""
     from .equivariance import exact_input_sizes
 
     xtr = train[0][:budget.n_train].float().div(255).unsqueeze(1)
@@ -192,7 +204,9 @@ def run_parity(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tenso
         with warnings.catch_warnings():  # the inexact sizes are inexact on purpose
             warnings.simplefilter("ignore", EquivarianceWarning)
             losses = train_classifier(model, fit_size(xtr, size), ytr, budget.epochs, budget.batch_size,
-                                      budget.lr, seed, log=log)
+                                      budget.lr, seed, log=log,
+                                      out_dir=None if out_dir is None else Path(out_dir) / f"{name}-{size}",
+                                      **train_options)
             acc = rotated_accuracy(model, fit_size(xte, size), yte)
         row = {"model": name, "size": size, "exact": exact, "mean_acc": mean_accuracy(acc),
                "train_loss": losses[-1], "seconds": time.perf_counter() - t0}

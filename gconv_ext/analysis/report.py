@@ -2,47 +2,29 @@
 :func:`mean_std`, the mean ± sample std used by the multi-seed summaries.
 
 Every writer renders the whole file in memory and hands it to
-:func:`gconv_ext.data.paths.atomic_write_bytes` (temp file, fsync, ``os.replace``), so a reader never sees a
+:mod:`gconv_ext.io` (temp file, fsync, ``os.replace``), so a reader never sees a
 half-written file and an interrupted run leaves the previous file intact.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Sequence
 
-from ..data.paths import atomic_write_bytes
+from ..io import atomic_write_text as write_text
+from ..io import save_figure
+from ..io import write_csv as _write_csv
 
 __all__ = ["write_csv", "write_text", "save_figure", "markdown_table", "mean_std"]
 
 
 def write_csv(path: str | os.PathLike[str], rows: Sequence[dict], columns: Sequence[str] | None = None) -> None:
-    """Write ``rows`` (dicts) as CSV; ``columns`` default to the keys of the rows in first-seen order."""
+    """Write ``rows`` (dicts) as CSV, floats as ``%.6g``; ``columns`` default to the keys of the rows in
+    first-seen order."""
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text (e.g. markdown) file atomically."""
-    atomic_write_bytes(path, text.encode())
-
-
-def save_figure(fig, path: str | os.PathLike[str], dpi: int = 120) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _write_csv(path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+               list(columns))
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None,

@@ -33,14 +33,25 @@ sections or keys and malformed values raise :class:`ConfigError` naming the sect
 
     [output]
     directory = runs/radio  ; everything below goes into this folder
-    csvfile = log.csv       ; per-epoch log
-    modfile = model.pt      ; the model with the lowest validation loss (state_dict + config)
+    csvfile = log.csv       ; per-epoch metrics (the engine's metrics.csv columns)
+    modfile = model.pt      ; the model with the lowest validation loss (the engine's best checkpoint)
 
-Training: Adam(lr0, weight_decay=decay), cross-entropy, ReduceLROnPlateau on the validation loss, the model
-with the lowest validation loss is kept and evaluated on the test set (test error = fraction misclassified).
-A finished run leaves ``result.json`` (its configuration and result) in its directory; running the same
-configuration into that directory again reuses it instead of training (so an interrupted sweep restarts where
-it stopped, and a sweep can be extended, e.g. to N = 16, without redoing the others). A run with a different
+Training goes through the project's engine (:func:`gconv_ext.train.engine.fit`) with this experiment's
+preset (:data:`RADIO_PROTOCOL`, :func:`radio_train_config`): Adam(lr0, weight_decay=decay), cross-entropy,
+``ReduceLROnPlateau`` on the validation loss (``lr_factor``, ``lr_patience``; stepped once per epoch), the
+model with the lowest validation loss is kept and evaluated on the test set (test error = fraction
+misclassified). The training images are rotated (``augment_rotation``) in [0, 1], then padded and normalised.
+Without validation images (``frac_val = 0``) the training loss takes the validation loss's place.
+
+Files in ``directory``: ``csvfile`` (per epoch: training and validation loss and accuracy, learning rate,
+times, provenance), ``modfile`` (a checkpoint readable with :func:`gconv_ext.train.load_checkpoint`:
+``"model"`` the state dict, ``"experiment"`` this configuration's values under ``"settings"``,
+``"config"`` the training protocol as a :class:`~gconv_ext.train.config.TrainConfig` dict, ``"epoch"``),
+``last.pt`` (written after every epoch: an interrupted run resumes from it, bit-identically on a CPU),
+``summary.json``, ``config.ini`` and, once the run is finished and tested, ``result.json`` (its configuration
+and result). Running the same configuration into that directory again reuses ``result.json`` instead of
+training (so an interrupted sweep restarts where it stopped, and a sweep can be extended, e.g. to N = 16,
+without redoing the others); a larger ``epochs`` continues the run from ``last.pt``. A run with another
 configuration trains again and overwrites it.
 """
 from __future__ import annotations
@@ -48,6 +59,7 @@ from __future__ import annotations
 import configparser
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -57,15 +69,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..analysis.report import markdown_table, mean_std, save_figure, write_csv, write_text
-from ..data import atomic_torch_save, load_frdeep, load_mirabest_early, random_rotation
+from ..data import load_frdeep, load_mirabest_early
+from ..io import write_json
 from ..models.common import count_parameters
 from ..models.lenet import lenet, pad_to_odd
+from ..train.checkpoint import load_checkpoint
+from ..train.config import TrainConfig
+from ..train.datasets import TrainData
+from ..train.engine import RunFiles, evaluate, fit
 
 __all__ = ["ConfigError", "RadioConfig", "parse_config", "load_config", "config_to_ini", "load_radio_data",
-           "run_config", "run_sweep", "run_seeds", "summarize_seeds", "SCHEMA"]
+           "run_config", "run_sweep", "run_seeds", "summarize_seeds", "SCHEMA", "RADIO_PROTOCOL",
+           "radio_train_config"]
 
 
 class ConfigError(ValueError):
@@ -238,25 +255,46 @@ def _prepare(cfg: RadioConfig, x: torch.Tensor) -> torch.Tensor:
     return (x - cfg["data"]["datamean"]) / cfg["data"]["datastd"]
 
 
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    """(mean cross-entropy, error rate)."""
-    model.eval()
-    loss = wrong = 0.0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            logits = model(x[i:i + batch])
-            loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
-            wrong += (logits.argmax(1) != y[i:i + batch]).sum().item()
-    n = max(x.shape[0], 1)
-    return loss / n, wrong / n
+#: The radio galaxies' training protocol (:class:`~gconv_ext.train.config.TrainConfig` fields); the
+#: ``[training]`` section gives the rest (:func:`radio_train_config`).
+RADIO_PROTOCOL: dict[str, Any] = dict(optimizer="adam", lr_schedule="plateau", warmup_epochs=0.0, monitor="val_loss",
+                                      patience=0, precision="fp32")
 
 
-def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, log: Callable[[str], None] = print
-               ) -> dict[str, Any]:
-    """Train and test one configuration; writes ``csvfile``, ``modfile`` and ``config.ini`` into
-    ``[output] directory`` atomically. Returns ``{"name", "base", "nrot", "params", "epochs", "best_epoch",
-    "best_val_loss", "val_error", "test_error", "seconds"}``. Reuses a finished run of the same configuration
-    found in the directory (``result.json``)."""
+def radio_train_config(cfg: RadioConfig, **train_options: Any) -> TrainConfig:
+    """The engine's :class:`~gconv_ext.train.config.TrainConfig` of a configuration: :data:`RADIO_PROTOCOL`
+    with the ``[training]`` values (``lr0``, ``decay``, ``lr_factor``, ``lr_patience``, ``batch_size`` (also
+    the evaluation batch), ``epochs``, ``seed``, ``augment_rotation``) and ``[output] directory``, updated
+    by ``train_options`` (other fields: ``device``, ``precision``, ``compile``, ``quiet``, ``stop_after``, ...).
+    A run found in the directory resumes when it was made with the same settings, else it is replaced."""
+    t, m = cfg["training"], cfg["model"]
+    try:
+        return TrainConfig(**{
+            **RADIO_PROTOCOL, "model": "lenet",
+            "model_kwargs": {"base": m["base"], "nrot": m["nrot"], "num_classes": t["num_classes"],
+                             "input_size": cfg.input_size},
+            "epochs": t["epochs"], "batch_size": t["batch_size"], "eval_batch_size": t["batch_size"],
+            "lr": t["lr0"], "weight_decay": t["decay"], "plateau_factor": t["lr_factor"],
+            "plateau_patience": t["lr_patience"], "seed": t["seed"],
+            "train_rotation": "uniform" if t["augment_rotation"] else "none",
+            "out_dir": cfg["output"]["directory"], "resume": True, "overwrite": True, **train_options})
+    except ValueError as exc:
+        raise ConfigError(f"[training]: {exc}") from None
+
+
+def _error(accuracy: float, n: int) -> float:
+    """The fraction misclassified, as the exact ratio of counts."""
+    return round((1.0 - accuracy) * n) / n if n else math.nan
+
+
+def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, log: Callable[[str], None] = print,
+               **train_options: Any) -> dict[str, Any]:
+    """Train and test one configuration; writes ``csvfile``, ``modfile``, ``config.ini``, ``last.pt``,
+    ``summary.json`` and ``result.json`` into ``[output] directory`` atomically. Returns ``{"name", "base",
+    "nrot", "params", "epochs", "best_epoch", "best_val_loss", "val_error", "test_error", "seconds"}``
+    (``seconds``: training, validation and test time, over all the invocations that trained the run).
+    Reuses a finished run of the same configuration found in the directory (``result.json``) and resumes an
+    unfinished one (``last.pt``). ``train_options``: see :func:`radio_train_config`."""
     t_cfg, o_cfg = cfg["training"], cfg["output"]
     out_dir = Path(o_cfg["directory"])
     try:
@@ -266,6 +304,7 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
             return saved["result"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    train_cfg = radio_train_config(cfg, **train_options)
     data = load_radio_data(cfg) if data is None else data
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])
@@ -275,62 +314,42 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     if len(tr_idx) == 0:
         raise ConfigError(f"[training] frac_val = {t_cfg['frac_val']} leaves no training image out of {n}")
-    xtr, ytr = data["train_x"][tr_idx], data["train_y"][tr_idx]
-    xval, yval = _prepare(cfg, data["train_x"][val_idx]), data["train_y"][val_idx]
+    train_data = TrainData(data["train_x"][tr_idx], data["train_y"][tr_idx],
+                           _prepare(cfg, data["train_x"][val_idx]) if n_val else None,
+                           data["train_y"][val_idx] if n_val else None, None)
     xte, yte = _prepare(cfg, data["test_x"]), data["test_y"]
 
     model = lenet(cfg["model"]["base"], cfg["model"]["nrot"], 1, t_cfg["num_classes"], cfg.input_size)
-    opt = torch.optim.Adam(model.parameters(), lr=t_cfg["lr0"], weight_decay=t_cfg["decay"])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=t_cfg["lr_factor"],
-                                                       patience=t_cfg["lr_patience"])
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "result.json").unlink(missing_ok=True)
     write_text(out_dir / "config.ini", config_to_ini(cfg))
-    rows: list[dict[str, Any]] = []
-    best = (math.inf, 0, math.nan)
+    settings = copy.deepcopy(cfg.values)
+    del settings["training"]["epochs"]  # more epochs continue the run
+    del settings["data"]["datadir"]  # where the files are is not what they are
+    summary = fit(model, train_data, train_cfg, prepare=functools.partial(_prepare, cfg),
+                  meta={"experiment": "radio", "dataset": cfg["data"]["dataset"], "settings": settings},
+                  files=RunFiles(metrics=o_cfg["csvfile"], best=o_cfg["modfile"]),
+                  log=lambda msg: log(f"{cfg.run_name} {msg}"))
     t0 = time.perf_counter()
-    bs = t_cfg["batch_size"]
-    for epoch in range(1, t_cfg["epochs"] + 1):
-        model.train()
-        order = torch.randperm(len(tr_idx), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            x = xtr[idx]
-            if t_cfg["augment_rotation"]:
-                x, _ = random_rotation(x, gen)
-            loss = F.cross_entropy(model(_prepare(cfg, x)), ytr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        val_loss, val_err = _evaluate(model, xval, yval, bs) if n_val else (total / len(tr_idx), math.nan)
-        sched.step(val_loss)
-        rows.append({"epoch": epoch, "train_loss": total / len(tr_idx), "val_loss": val_loss, "val_error": val_err,
-                     "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
-        write_csv(out_dir / o_cfg["csvfile"], rows)
-        if val_loss < best[0]:
-            best = (val_loss, epoch, val_err)
-            atomic_torch_save({"state_dict": model.state_dict(), "config": cfg.values, "epoch": epoch},
-                              out_dir / o_cfg["modfile"])
-        log(f"{cfg.run_name} epoch {epoch}: train loss {rows[-1]['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val error {val_err:.3f}")
-    model.load_state_dict(torch.load(out_dir / o_cfg["modfile"], weights_only=True)["state_dict"])
-    _, test_err = _evaluate(model, xte, yte, bs)
+    model.load_state_dict(load_checkpoint(out_dir / o_cfg["modfile"])["model"])
+    _, test_acc = evaluate(model, xte, yte, t_cfg["batch_size"], summary["device"], precision=summary["precision"])
     result = {"name": cfg.run_name, "base": cfg["model"]["base"],
               "nrot": 1 if cfg["model"]["base"] == "vanilla" else cfg["model"]["nrot"],
-              "params": count_parameters(model), "epochs": t_cfg["epochs"], "best_epoch": best[1],
-              "best_val_loss": best[0], "val_error": best[2], "test_error": test_err,
-              "seconds": time.perf_counter() - t0}
-    write_text(out_dir / "result.json", json.dumps({"config": config_to_ini(cfg), "result": result}, indent=1))
+              "params": count_parameters(model), "epochs": summary["epochs_completed"],
+              "best_epoch": summary["best_epoch"], "best_val_loss": summary["best_metric"],
+              "val_error": _error(summary["best_val_acc"], n_val) if n_val else math.nan,
+              "test_error": _error(test_acc, xte.shape[0]),
+              "seconds": summary["train_time_s"] + time.perf_counter() - t0}
+    if summary["finished"]:
+        write_json(out_dir / "result.json", {"config": config_to_ini(cfg), "result": result})
     return result
 
 
 def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: tuple[str, ...] = ("CN", "DN"),
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = print, **train_options: Any) -> list[dict[str, Any]]:
     """The vanilla LeNet and ``base`` x ``nrots`` from one base configuration, each in its own folder
     ``<directory>/<name>``; writes ``results.csv``, ``results.md`` and ``test_error_vs_N.png`` into
-    ``<directory>`` (atomically, updated after every run). Returns the result rows."""
+    ``<directory>`` (atomically, updated after every run). Returns the result rows. ``train_options``: the
+    engine's options for every run (:func:`radio_train_config`)."""
     data = load_radio_data(cfg)
     root = Path(cfg["output"]["directory"])
     runs = [cfg.replace(model={"base": "vanilla"})] + [cfg.replace(model={"base": b, "nrot": n})
@@ -338,7 +357,7 @@ def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: t
     results: list[dict[str, Any]] = []
     for run in runs:
         run = run.replace(output={"directory": str(root / run.run_name)})
-        results.append(run_config(run, data, log))
+        results.append(run_config(run, data, log, **train_options))
         log(f"{results[-1]['name']}: test error {results[-1]['test_error']:.3f} ({results[-1]['seconds']:.0f}s)")
         _write_sweep(cfg, results, root)
     return results
@@ -416,7 +435,8 @@ def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[st
 
 
 def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] = (2, 4, 8, 16),
-              bases: tuple[str, ...] = ("CN", "DN"), log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              bases: tuple[str, ...] = ("CN", "DN"), log: Callable[[str], None] = print,
+              **train_options: Any) -> list[dict[str, Any]]:
     """:func:`run_sweep` once per seed (``[training] seed`` replaced) into ``<directory>/seed<k>``, then
     ``summary.csv``, ``summary.md`` (mean ± std over seeds) and ``test_error_vs_N.png`` into ``<directory>``.
     Finished runs are reused as in :func:`run_sweep`. Returns :func:`summarize_seeds` of the results."""
@@ -427,7 +447,7 @@ def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] =
     for seed in seeds:
         log(f"== seed {seed}")
         results[seed] = run_sweep(cfg.replace(training={"seed": seed}, output={"directory": str(root / f"seed{seed}")}),
-                                  nrots, bases, log)
+                                  nrots, bases, log, **train_options)
     summary = summarize_seeds(results)
     write_csv(root / "summary.csv", summary)
     t, d = cfg["training"], cfg["data"]
