@@ -33,3 +33,20 @@ def test_reproduce_study_smoke(tmp_path, shared_data_dir):
     assert main(["visualize", str(out / "stn-tiny-upright-seed0" / "best.pt"), "--out-dir", str(tmp_path / "vis"),
                  "--data-dir", str(shared_data_dir)]) == 0
     assert (tmp_path / "vis" / "stn_transforms.png").is_file()
+
+
+def test_search_small_models_smoke(tmp_path, shared_data_dir):
+    out = tmp_path / "search"
+    cmd = [sys.executable, "examples/search_small_models.py", "--stage", "smoke", "--only", "C4-2-22,C8-2-16-disk",
+           "--out-dir", str(out), "--data-dir", str(shared_data_dir), "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (out / "search.csv").read_text().splitlines()
+    assert rows[0].startswith("name,group,layers,channels,disk_mask,params,val_acc") and len(rows) == 3
+    assert {r.split(",")[0] for r in rows[1:]} == {"C4-2-22", "C8-2-16-disk"}
+    import sys as _sys
+    _sys.path.insert(0, str(REPO / "examples"))
+    from search_small_models import MAX_PARAMS, candidates  # noqa: PLC0415
+
+    assert all(c["params"] <= MAX_PARAMS for c in candidates())
