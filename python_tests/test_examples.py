@@ -45,8 +45,7 @@ def test_search_small_models_smoke(tmp_path, shared_data_dir):
     rows = (out / "search.csv").read_text().splitlines()
     assert rows[0].startswith("name,group,layers,channels,disk_mask,params,val_acc") and len(rows) == 3
     assert {r.split(",")[0] for r in rows[1:]} == {"C4-2-22", "C8-2-16-disk"}
-    import sys as _sys
-    _sys.path.insert(0, str(REPO / "examples"))
+    sys.path.insert(0, str(REPO / "examples"))
     from search_small_models import MAX_PARAMS, candidates  # noqa: PLC0415
 
     assert all(c["params"] <= MAX_PARAMS for c in candidates())

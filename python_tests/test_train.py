@@ -35,22 +35,17 @@ from gconv_ext.train.datasets import epoch_generator
 
 REPO = Path(__file__).resolve().parents[1]
 
+from conftest import tiny_config, torch_threads
 
-def _cfg(tmp: Path, data_dir: Path, **kw) -> TrainConfig:
-    # fp32: "auto" would time fp32 against bf16 and might choose differently between two runs of a test
-    base = dict(model="cnn", preset="tiny", epochs=2, batch_size=32, train_limit=512, val_limit=256,
-                test_limit=256, data_dir=str(data_dir), out_dir=str(tmp), device="cpu", quiet=True,
-                precision="fp32")
-    base.update(kw)
-    return TrainConfig(**base)
+
+def _cfg(tmp, data_dir, **kw) -> TrainConfig:
+    return tiny_config(tmp, data_dir, **kw)
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(2):
+        yield
 
 
 # ------------------------------------------------------------------------------ registry

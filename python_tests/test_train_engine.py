@@ -16,21 +16,13 @@ from gconv_ext.train import precision as prec
 from gconv_ext.train.checkpoint import CheckpointError, load_checkpoint
 from gconv_ext.train.schedule import lr_factor
 
-
-def _cfg(tmp, data_dir, **kw) -> TrainConfig:
-    base = dict(model="cnn", preset="tiny", epochs=2, batch_size=32, train_limit=256, val_limit=128,
-                test_limit=128, data_dir=str(data_dir), out_dir=str(tmp), device="cpu", quiet=True,
-                precision="fp32")
-    base.update(kw)
-    return TrainConfig(**base)
+from conftest import tiny_config, torch_threads
 
 
 @pytest.fixture(autouse=True)
 def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(2):
+        yield
 
 
 # ------------------------------------------------------------------------------ config and recipes
@@ -130,14 +122,14 @@ def test_measure_bf16_speedup_runs_real_steps():
 
 
 def test_fp64_run_keeps_float64_weights(tmp_path, shared_data_dir):
-    train(_cfg(tmp_path, shared_data_dir, precision="fp64", epochs=1))
+    train(tiny_config(tmp_path, shared_data_dir, precision="fp64", epochs=1))
     last = load_checkpoint(tmp_path / "last.pt")
     assert last["precision"] == "fp64"
     assert all(v.dtype == torch.float64 for v in last["model"].values() if v.is_floating_point())
 
 
 def test_bf16_run_learns_and_records_its_precision(tmp_path, shared_data_dir):
-    summary = train(_cfg(tmp_path, shared_data_dir, model="gcnn", precision="bf16", epochs=3, train_limit=512,
+    summary = train(tiny_config(tmp_path, shared_data_dir, model="gcnn", precision="bf16", epochs=3, train_limit=512,
                          batch_size=16, lr=1e-2))
     assert summary["precision"] == "bf16" and summary["best_val_acc"] > 0.2
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
@@ -149,8 +141,8 @@ def test_bf16_run_learns_and_records_its_precision(tmp_path, shared_data_dir):
 
 @pytest.mark.slow
 def test_compiled_run_matches_eager_accuracy(tmp_path, shared_data_dir):
-    eager = train(_cfg(tmp_path / "eager", shared_data_dir, epochs=2, train_limit=512))
-    compiled = train(_cfg(tmp_path / "compiled", shared_data_dir, epochs=2, train_limit=512, compile=True))
+    eager = train(tiny_config(tmp_path / "eager", shared_data_dir, epochs=2, train_limit=512))
+    compiled = train(tiny_config(tmp_path / "compiled", shared_data_dir, epochs=2, train_limit=512, compile=True))
     assert compiled["compile"] is True
     # Same data, same init; inductor reorders float sums, so the runs agree up to training noise.
     assert abs(compiled["best_val_acc"] - eager["best_val_acc"]) < 0.1

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, torch_threads
 
 from gconv_ext.cli import main
 from gconv_ext.data import make_rotated_mnist, normalize, to_float01
@@ -31,10 +31,8 @@ from gconv_ext.train.objective import build_objective
 
 @pytest.fixture(autouse=True)
 def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
