@@ -14,16 +14,14 @@ from gconv_ext.losses import (EquivarianceLoss, OrbitSpec, apply_transform, inve
                               sample_transforms)
 from gconv_ext.models import GCNN, ien_cnn, ien_loss
 
-from conftest import REPO
+from conftest import REPO, torch_threads
 from tolerances import F64, chain_rtol, gamma, reduction_lengths
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _threads():
+    with torch_threads(1):
+        yield
 
 
 def test_orbit_spec_uniform_and_ratios():
