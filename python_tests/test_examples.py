@@ -49,3 +49,16 @@ def test_search_small_models_smoke(tmp_path, shared_data_dir):
     from search_small_models import MAX_PARAMS, candidates  # noqa: PLC0415
 
     assert all(c["params"] <= MAX_PARAMS for c in candidates())
+
+
+def test_rotated_mnist_gcnn_smoke(tmp_path, shared_data_dir):
+    out = tmp_path / "rot"
+    cmd = [sys.executable, "examples/rotated_mnist_gcnn.py", "--budget", "smoke", "--seeds", "0,1", "--out-dir", str(out),
+           "--data-dir", str(shared_data_dir), "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert "SUBSTITUTE" in text and "over seeds 0, 1" in text
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[2] == "256"  # the rotated test set: the first 256 digits
