@@ -46,7 +46,7 @@ MODELS = {
               ("STN single rotation", "stn-single-rotation", "matched", "study", None),
               ("CNN", "cnn", "matched", "study", None)],
     "full": [("GCNN C4/4/16", "gcnn", "C4/4/16", "default", None),
-             ("STN single rotation", "stn-single-rotation", "matched", "default", None),
+             ("STN canonical (C8 equivariant localiser)", "stn-single-canonical", "matched", "default", None),
              ("CNN", "cnn", "matched", "default", None),
              ("GCNN C4/4/16, study recipe", "gcnn", "C4/4/16", "study", (0,))],
 }

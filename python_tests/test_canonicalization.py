@@ -207,17 +207,21 @@ def quarter_turns_only_baseline(n_digits: int = 50, draws: int = 400) -> torch.T
 
 
 def test_untrained_equivariant_stn_is_far_from_a_constant_warp(fifty_digits) -> None:
-    """An untrained STN with the registry's equivariant localiser (C8, 8 fields), init seeds 0, 1, 2:
+    """Untrained STNs with the equivariant localiser (C8, 8 fields, as the registry's
+    "stn-single-canonical"), init seeds 0, 1, 2:
 
-    * across each family of quarter turns its warps agree exactly (by construction: the rotation rolls
-      the group axis; only float32 rounding remains), so the error over {0, 90, 180, 270} degrees and
-      over {30, 120, 210, 300} is ~0 where the CNN localiser's constant warp scores 45;
-    * over the 36 angles its median is below 40 degrees (measured 29.5, 29.3 and 33.0): quarter-turn
-      exactness alone, with the 9 families' poses unrelated, gives medians of about 34.5 (all of 400
-      simulated sets of 50 digits between 30 and 39: :func:`quarter_turns_only_baseline`), and the
-      untrained network is no better than that for angles between the quarter turns (random 5x5 filters
-      interpolate poorly at 45 degrees). The bound is therefore not "< 15": canonicalising the other
-      angles is learned (about 6 degrees after 3 epochs on 10,000 rotated digits).
+    * across each family of quarter turns the warps agree exactly, for both readouts (by construction:
+      the rotation rolls the group axis and permutes the pixels; only float32 rounding remains), so the
+      error over {0, 90, 180, 270} degrees and over {30, 120, 210, 300} is ~0, where a CNN localiser's
+      near-constant warp scores about 45;
+    * over the 36 angles, quarter-turn exactness alone (the 9 families' poses unrelated) gives medians
+      of about 34.5 degrees, never below 30 in 400 simulated sets of 50 digits
+      (:func:`quarter_turns_only_baseline`); the group readout is about that (measured 22-31 over seeds
+      0-9: random 5x5 filters interpolate poorly between the quarter turns), while the default dipole
+      readout, whose positions turn exactly at any angle, already canonicalises the angles in between:
+      medians 3.6, 17.6 and 7.4 degrees for seeds 0, 1, 2 (at most 18.7 over seeds 0-9), asserted
+      below 25 (and below every simulated quarter-turns-only median). Training sharpens it to about
+      1-2 degrees (3 epochs on 10,000 rotated digits).
     """
     baseline = quarter_turns_only_baseline()
     assert 30 < baseline.min() and baseline.max() < 40 and 33 < baseline.mean() < 36, baseline
@@ -225,15 +229,18 @@ def test_untrained_equivariant_stn_is_far_from_a_constant_warp(fifty_digits) -> 
     cnn_quarter = canonicalization_error(cnn, fifty_digits, angles_deg=[0, 90, 180, 270])
     assert 40 < cnn_quarter["median_deg"] < 50
     for seed in (0, 1, 2):
-        torch.manual_seed(seed)
-        model = STN(channels=4, layers=2, loc_channels=8, loc_kind="equivariant", loc_group="C8")
-        assert isinstance(model.localizers[0], EquivariantLocalizationNet)
-        for angles in ([0, 90, 180, 270], [30, 120, 210, 300]):
-            quarter = canonicalization_error(model, fifty_digits, angles_deg=angles)
-            assert quarter["per_digit_deg"].max() < 0.01, (seed, angles, quarter["per_digit_deg"].max())
-        res = canonicalization_error(model, fifty_digits)
-        assert res["median_deg"] < 40.0, (seed, res["median_deg"])
-        assert res["mean_deg"] < 40.0, (seed, res["mean_deg"])
+        for readout in ("dipole", "group"):
+            torch.manual_seed(seed)
+            model = STN(channels=4, layers=2, loc_channels=8, loc_kind="equivariant", loc_group="C8",
+                        loc_readout=readout)
+            assert isinstance(model.localizers[0], EquivariantLocalizationNet)
+            for angles in ([0, 90, 180, 270], [30, 120, 210, 300]):
+                quarter = canonicalization_error(model, fifty_digits, angles_deg=angles)
+                assert quarter["per_digit_deg"].max() < 0.01, (seed, readout, angles)
+            if readout == "dipole":
+                res = canonicalization_error(model, fifty_digits)
+                assert res["median_deg"] < min(25.0, baseline.min().item()), (seed, res["median_deg"])
+                assert res["mean_deg"] < 25.0, (seed, res["mean_deg"])
 
 
 def test_model_level_bad_arguments() -> None:

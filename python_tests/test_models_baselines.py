@@ -417,70 +417,103 @@ def wrapped_deg(a: torch.Tensor) -> torch.Tensor:
     return torch.remainder(a + 180.0, 360.0) - 180.0
 
 
-class GivenScores(EquivariantLocalizationNet):
-    """An equivariant localiser whose network is bypassed: ``scores(s) = s``."""
+class GivenGroupMap(EquivariantLocalizationNet):
+    """An equivariant localiser whose network is bypassed: ``features(h) = h`` for ``h [B, C, N, H, W]``."""
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
+READOUTS = ("dipole", "group", "both")
+
+
 @pytest.mark.parametrize("group", ["C4", "C6", "C8", "C16"])
-def test_equivariant_head_turns_with_the_group_axis(group: str) -> None:
-    """Rolling the scores by k (what rotating the input by 2*pi*k/N does to the group axis) turns phi by
-    exactly 360*k/N degrees and the warp angle by minus that, for every k, with any learned offset."""
+def test_group_readout_turns_with_the_group_axis(group: str) -> None:
+    """Rolling the group axis by k (what rotating the input by 2*pi*k/N does to it, besides moving the
+    pixels) turns the group readout's phi by exactly 360*k/N degrees and the warp angle by minus that,
+    for every k, whatever the learned offset; the dipole readout ignores the group axis."""
     torch.manual_seed(0)
-    loc = GivenScores(1, 2, group=group).double()
-    n = loc.group.order
+    n = int(group[1:])
+    h = torch.randn(5, 3, n, 6, 6, dtype=torch.float64)
+    loc = GivenGroupMap(1, 3, group=group, readout="group").double()
     with torch.no_grad():
         loc.offset.fill_(0.7)
-    s = torch.randn(5, n, dtype=torch.float64)
-    _, alpha = loc(s)
-    cos, sin = loc.orientation(s)
+    _, alpha = loc(h)
+    cos, sin = loc.orientation(h)
     phi = torch.rad2deg(torch.atan2(sin, cos))
-    torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha) + phi), wrapped_deg(torch.full_like(phi, math.degrees(0.7))),
+    zeros = torch.zeros(5, dtype=torch.float64)
+    torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha) + phi - math.degrees(0.7)), zeros,
                                rtol=0, atol=1e-10)
+    dipole = GivenGroupMap(1, 3, group=group, readout="dipole").double()
     for k in range(1, n):
-        rolled = torch.roll(s, k, dims=-1)
+        rolled = torch.roll(h, k, dims=2)
         cos_k, sin_k = loc.orientation(rolled)
         _, alpha_k = loc(rolled)
         shift = 360.0 * k / n
-        torch.testing.assert_close(wrapped_deg(torch.rad2deg(torch.atan2(sin_k, cos_k)) - phi - shift),
-                                   torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-10)
-        torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha_k - alpha) + shift),
-                                   torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-10)
+        torch.testing.assert_close(wrapped_deg(torch.rad2deg(torch.atan2(sin_k, cos_k)) - phi - shift), zeros,
+                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(wrapped_deg(torch.rad2deg(alpha_k - alpha) + shift), zeros, rtol=0, atol=1e-10)
+        torch.testing.assert_close(dipole.orientation_vector(rolled), dipole.orientation_vector(h),
+                                   rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("readout", READOUTS)
+def test_readouts_turn_with_a_rotated_group_map(readout: str) -> None:
+    """A group map turned by q quarter turns (pixels by torch.rot90, group axis rolled by q*N/4), on odd
+    and even sizes: v turns by exactly 90*q degrees, for every readout."""
+    torch.manual_seed(0)
+    loc = GivenGroupMap(1, 3, group="C8", readout=readout).double()
+    if readout == "both":
+        with torch.no_grad():
+            loc.score.weight.normal_()  # 0 at init: give the group part a say
+    for size in (6, 7):
+        h = torch.randn(4, 3, 8, size, size, dtype=torch.float64)
+        v = loc.orientation_vector(h)
+        for q in (1, 2, 3):
+            turned = torch.roll(torch.rot90(h, q, dims=(-2, -1)), 2 * q, dims=2)
+            c, s = (0.0, 1.0) if q == 1 else (-1.0, 0.0) if q == 2 else (0.0, -1.0)
+            expected = torch.stack((c * v[:, 0] - s * v[:, 1], s * v[:, 0] + c * v[:, 1]), dim=-1)
+            torch.testing.assert_close(loc.orientation_vector(turned), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("readout", READOUTS)
 @pytest.mark.parametrize(("group", "quarter_turns", "size"), [
     ("C4", (1, 2, 3), 28), ("C8", (1, 2, 3), 28), ("C16", (1, 2, 3), 28), ("C8", (1, 2, 3), 32),
     ("C6", (2,), 28),  # 180 degrees is element 3 of C6; its quarter turns are not in the group
 ])
-def test_equivariant_localizer_is_exact_for_quarter_turns(group: str, quarter_turns, size: int) -> None:
+def test_equivariant_localizer_is_exact_for_quarter_turns(readout: str, group: str, quarter_turns,
+                                                          size: int) -> None:
     """float64, even sizes (the 2x2/2 pool is exact): rotating the input by k quarter turns
-    (torch.rot90, counter-clockwise) shifts the warp angle by exactly -90k degrees, to ~1e-10 degrees,
-    and every copy is warped to the same image."""
+    (torch.rot90, counter-clockwise) shifts the warp angle by exactly -90k degrees, to ~1e-10 degrees
+    (measured ~1e-12), and every copy is warped to the same image."""
     torch.manual_seed(1)
-    model = equivariant_stn(group, torch.float64, input_size=size)
+    model = equivariant_stn(group, torch.float64, input_size=size, loc_readout=readout)
+    if readout == "both":
+        with torch.no_grad():
+            model.localizers[0].score.weight.normal_()
     x = torch.rand(4, 1, size, size, dtype=torch.float64) * (torch.rand(4, 1, size, size) > 0.6)
     with torch.no_grad():
         warped, alpha = model.transformed_input(x)
         for k in quarter_turns:
             warped_k, alpha_k = model.transformed_input(torch.rot90(x, k, dims=(-2, -1)))
             err = wrapped_deg(torch.rad2deg(alpha_k - alpha) + 90.0 * k)
-            assert err.abs().max() < 1e-4, (k, err)  # measured ~1e-12
+            assert err.abs().max() < 1e-4, (k, err)
             torch.testing.assert_close(warped_k, warped, rtol=0, atol=1e-9)
         assert torch.rad2deg(alpha).std() > 1.0  # not a constant warp
 
 
-def test_equivariant_localizer_gradients_reach_every_parameter() -> None:
+@pytest.mark.parametrize("readout", READOUTS)
+def test_equivariant_localizer_gradients_reach_every_parameter(readout: str) -> None:
     """From the very first step (no identity init to wait behind): one cross-entropy backward gives every
-    localiser parameter, the offset included, a nonzero gradient, also under bf16 autocast; a few AdamW
-    steps change the warps."""
+    localiser parameter, the offset (and for "both" the zero-initialised score) included, a nonzero
+    gradient, also under bf16 autocast; a few AdamW steps change the warps."""
     torch.manual_seed(0)
-    model = equivariant_stn("C8", channels=8, layers=2, loc_channels=4, num_classes=3)
+    model = equivariant_stn("C8", channels=8, layers=2, loc_channels=4, num_classes=3, loc_readout=readout)
     x, y = bars_task(16, seed=1)
     names = {name for name, _ in model.localizers.named_parameters()}
-    assert names == {"0.lift.weight", "0.lift.bias", "0.gconv.weight", "0.gconv.bias", "0.score.weight",
-                     "0.offset"}
+    readout_names = {"dipole": {"0.field.weight"}, "group": {"0.score.weight"},
+                     "both": {"0.field.weight", "0.score.weight"}}[readout]
+    assert names == {"0.lift.weight", "0.lift.bias", "0.gconv.weight", "0.gconv.bias", "0.offset"} | readout_names
     for autocast in (False, True):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -512,11 +545,12 @@ def test_equivariant_localizer_degenerate_input_is_finite() -> None:
 
 
 def test_equivariant_parameter_counts() -> None:
-    # Localiser: lift 1*C*k^2 + C, group conv C*C*N*k^2 + C, score C (no bias), offset 1.
+    # Localiser: lift 1*C*k^2 + C, group conv C*C*N*k^2 + C, readout C (2C for "both"; no biases), offset 1.
     k2 = 25
     for c, n in [(8, 8), (4, 16), (3, 6)]:
-        loc = EquivariantLocalizationNet(1, c, 5, f"C{n}")
-        assert count_parameters(loc) == c * k2 + c + c * c * n * k2 + c + c + 1
+        for readout, r in (("dipole", 1), ("group", 1), ("both", 2)):
+            loc = EquivariantLocalizationNet(1, c, 5, f"C{n}", readout)
+            assert count_parameters(loc) == c * k2 + c + c * c * n * k2 + c + r * c + 1
     assert count_parameters(EquivariantLocalizationNet(1, 8, 5, "C8")) == 13_025
     # The whole STN: the CNN body (32 channels, exactly the plain CNN's 103,690) plus the localiser.
     assert stn_parameter_count(loc_channels=8, loc_kind="equivariant") == 103_690 + 13_025 == 116_715
@@ -524,18 +558,20 @@ def test_equivariant_parameter_counts() -> None:
     for kwargs in [dict(), dict(channels=5, layers=3, loc_channels=3, kernel_size=3),
                    dict(channels=9, layers=2, loc_channels=2, kernel_size=5, in_channels=3),
                    dict(channels=7, layers=4, loc_channels=4, kernel_size=7)]:
-        for group in ("C4", "C8", "C16", "C6"):
-            model = STN(loc_kind="equivariant", loc_group=group, **kwargs)
-            assert count_parameters(model) == \
-                stn_parameter_count(loc_kind="equivariant", loc_group=group, **kwargs), (kwargs, group)
+        for group, readout in (("C4", "dipole"), ("C8", "group"), ("C16", "both"), ("C6", "dipole")):
+            model = STN(loc_kind="equivariant", loc_group=group, loc_readout=readout, **kwargs)
+            assert count_parameters(model) == stn_parameter_count(
+                loc_kind="equivariant", loc_group=group, loc_readout=readout, **kwargs), (kwargs, group)
     # Matched to the GCNN C4/4/16 (102,970): 30 body channels and 8 C8 fields, 104,235 (+1.2%).
     model = stn_for_params(GCNN_C4_4_16_PARAMS, loc_channels=8, loc_kind="equivariant", loc_group="C8")
     assert (model.channels, count_parameters(model)) == (30, 104_235) and model.loc_kind == "equivariant"
     assert isinstance(model.localizers[0], EquivariantLocalizationNet) and len(model.localizers) == 1
-    assert model.loc_group.name == "C8"
+    assert model.loc_group.name == "C8" and model.loc_readout == "dipole"
+    both = stn_for_params(GCNN_C4_4_16_PARAMS, loc_channels=8, loc_kind="equivariant", loc_readout="both")
+    assert (both.channels, count_parameters(both)) == (30, 104_243)
     # The group's (cos, sin) table is a non-persistent buffer: checkpoints hold the parameters only.
-    assert set(model.localizers[0].state_dict()) == {"lift.weight", "lift.bias", "gconv.weight", "gconv.bias",
-                                                     "score.weight", "offset"}
+    assert set(both.localizers[0].state_dict()) == {"lift.weight", "lift.bias", "gconv.weight", "gconv.bias",
+                                                    "score.weight", "field.weight", "offset"}
 
 
 def test_registry_canonical_stn() -> None:
@@ -548,7 +584,8 @@ def test_registry_canonical_stn() -> None:
     assert (tiny.channels, tiny.layers, tiny.loc_channels, tiny.loc_group.name) == (8, 2, 4, "C16")
     assert tiny(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     for kwargs, name in [(dict(group="D8"), "group"), (dict(group="C1"), "group"), (dict(group="Z4"), "group"),
-                         (dict(channels=8, params=1000), "params"), (dict(loc_pool="grid"), "loc_pool")]:
+                         (dict(channels=8, params=1000), "params"), (dict(loc_pool="grid"), "loc_pool"),
+                         (dict(loc_readout="argmax"), "loc_readout")]:
         with pytest.raises(ValueError, match=rf"\b{name}\b"):
             build_model("stn-single-canonical", **kwargs)
 
@@ -624,6 +661,9 @@ def test_smoke_training_learns_tiny_task(kind: str) -> None:
         (STN, dict(loc_kind="equivariant", loc_pool="grid"), "loc_pool"),
         (STN, dict(loc_kind="equivariant", kernel_size=4), "kernel_size"),
         (STN, dict(loc_kind="equivariant", loc_channels=0), "loc_channels"),
+        (STN, dict(loc_kind="equivariant", loc_readout="quadrupole"), "loc_readout"),
+        (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=4, readout="mean"), "readout"),
+        (stn_parameter_count, dict(loc_kind="equivariant", loc_readout=None), "loc_readout"),
         (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=0), "loc_channels"),
         (EquivariantLocalizationNet, dict(in_channels=0, loc_channels=4), "in_channels"),
         (EquivariantLocalizationNet, dict(in_channels=1, loc_channels=4, kernel_size=6), "kernel_size"),

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gconv_ext
 import gconv_ext.nn as gnn
 from gconv_ext.groups import Group
 from gconv_ext.ops import group_conv2d, lifting_conv2d
+from gconv_ext.ops.reference import disk_mask, transform_matrix
+
+from tolerances import F64, chain_rtol, conv_atol, gamma, reduction_lengths, sum_atol
 
 GROUPS = [Group(4), Group(4, True), Group(8)]
 
@@ -22,6 +27,33 @@ def _net(group, c=4, disk=False):
         gnn.GroupConv2d(c, c, 3, group, stride=2, padding=1, disk_mask=disk), gnn.GroupBatchNorm2d(c, group),
         nn.ReLU(), gnn.GroupMaxPool2d(2), gnn.GroupDropout(0.1), gnn.GroupConv2d(c, c, 3, group, padding="same"),
         gnn.InvariantPool(), nn.Linear(c, 3))
+
+
+def _net_atol(net, x, ref):
+    """Two evaluations of ``net`` on ``x`` by different code paths (eval cache, export, torch.compile,
+    torch.export) compute the same function with the same reductions in possibly other orders: at most
+    chain_rtol of those reductions (tolerances.reduction_lengths, measured on a copy: batch norm in train mode
+    updates its running statistics) times the output's size."""
+    return chain_rtol(x.dtype, reduction_lengths(copy.deepcopy(net), x)) * ref.detach().abs().max().item()
+
+
+def _normalize_atol(x, dims, eps, sides=2):
+    """Largest difference between ``sides`` evaluations of ``(x - mean) / sqrt(var + eps)``, statistics over
+    ``dims`` (n values), in any summation order, two-pass or Welford.
+
+    The mean errs by <= gamma_{n+1} mean|x|; the variance relatively by <= gamma_{2n+4} kappa^2,
+    ``kappa^2 = 1 + mean^2 / var`` (two-pass: gamma_{n+3}; Welford: ~ n u kappa, Chan, Golub & LeVeque 1983);
+    ``iota = 1 / sqrt(var + eps)`` by half that plus 3 u; ``x * alpha + beta`` or ``(x - mean) * iota`` by 3 u
+    of ``(|x| + |mean|) iota``. So each output errs by <= ``gamma_{2n+8} kappa^2 iota (mean|x| + 2|x| + 2|mean|)``
+    (the ``|y| <= iota (|x| + |mean|)`` term included), computed here in float64 from x."""
+    n = math.prod(x.shape[d] for d in dims)
+    xa = x.detach().to(F64)
+    mean = xa.mean(dims, keepdim=True)
+    var = xa.var(dims, unbiased=False, keepdim=True)
+    kappa2 = 1 + mean.square() / var
+    mag = xa.abs().mean(dims, keepdim=True) + 2 * xa.abs().amax(dims, keepdim=True) + 2 * mean.abs()
+    mag = mag / (var + eps).sqrt()
+    return sides * gamma(2 * n + 8, x.dtype) * (kappa2 * mag).max().item()
 
 
 def _trained_stats(net, size=15):
@@ -43,12 +75,13 @@ def test_shapes_and_functional_equivalence(group):
     assert lift.weight.shape == (5, 3, 3, 3) and lift.group == group
     y = lift(x)
     assert y.shape == (2, 5, n, 6, 6)
-    torch.testing.assert_close(y, lifting_conv2d(x, lift.weight, lift.bias, group, 2, 1, 1))
+    # exact: the module's training forward is this very op call (same code, same tensors, same threads)
+    torch.testing.assert_close(y, lifting_conv2d(x, lift.weight, lift.bias, group, 2, 1, 1), atol=0, rtol=0)
     gc = gnn.GroupConv2d(5, 2, 5, group, padding="same", dilation=2, disk_mask=True)
     assert gc.weight.shape == (2, 5, n, 5, 5) and gc.padding == (4, 4)
     z = gc(y)
     assert z.shape == (2, 2, n, 6, 6)
-    torch.testing.assert_close(z, group_conv2d(y, gc.weight, gc.bias, group, 1, 4, 2, True))
+    torch.testing.assert_close(z, group_conv2d(y, gc.weight, gc.bias, group, 1, 4, 2, True), atol=0, rtol=0)  # as above
 
 
 def test_extra_repr():
@@ -144,10 +177,13 @@ def test_padding_valid_and_same_like_the_functional_ops(cls):
         assert m.padding == (pad, pad)
         ref = cls(2, 3, 3, "C4", **{**kwargs, "padding": pad})
         assert repr(m) == repr(ref) or kwargs["padding"] == "same"
-        expected = op(x, m.weight, m.bias, "C4", kwargs.get("stride", 1), kwargs["padding"], kwargs.get("dilation", 1))
-        torch.testing.assert_close(m(x), expected)
-        with torch.no_grad():  # the eval-cache path too
-            torch.testing.assert_close(m.eval()(x), expected, atol=1e-5, rtol=1e-5)
+        geometry = (kwargs.get("stride", 1), kwargs["padding"], kwargs.get("dilation", 1))
+        expected = op(x, m.weight, m.bias, "C4", *geometry)
+        torch.testing.assert_close(m(x), expected, atol=0, rtol=0)  # the training forward is this op call: exact
+        with torch.no_grad():  # the eval-cache path too: F.conv2d on the cached filter, then the bias
+            # the same sums in another order (another kernel): 2 gamma_n sum |x| |W_g| (tolerances.conv_atol)
+            atol = conv_atol(lifting, x, m.weight, m.bias, Group(4), geometry[0], m.padding, geometry[2])
+            torch.testing.assert_close(m.eval()(x), expected, atol=atol, rtol=0)
     assert gnn.GroupConv2d(2, 3, 3, "C4", padding="same")(torch.randn(1, 2, 4, 7, 7)).shape[-2:] == (7, 7)
     assert gnn.LiftingConv2d(2, 3, 3, "C4", padding="valid")(torch.randn(1, 2, 7, 7)).shape[-2:] == (5, 5)
     with pytest.raises(ValueError, match="padding='same' needs stride 1"):  # as the functional ops
@@ -233,30 +269,81 @@ def test_eval_cache_path_raises_like_the_op_path(lifting, case):
 
 # -- init -----------------------------------------------------------------------------------------------
 
+def _init_law(layer):
+    """``(var_w, gbar, keep)`` of a lifting / group conv, derived from its filter transform (not from the
+    module's ``fan_in`` / ``transform_gain``).
+
+    Output slice g at p is ``sum_planes sum_s w_s z_s`` with ``z_s = sum_t M_g[t, s] r(p + t)`` (M_g the
+    filter transform, taps t, s; a group conv's permutation of the group axis only relabels the input
+    planes). For i.i.d. ``w ~ N(0, var_w)`` and zero bias, ``E_W out^2 = var_w sum_planes r_p^T M_g M_g^T r_p``;
+    for white ``r`` that is ``var_w planes tr(gbar) E r^2``, ``gbar = mean_g M_g M_g^T``, so He's
+    ``E out^2 = 2 E r^2`` needs ``var_w = 2 / (planes tr gbar)``. ``keep``: the taps used (disk mask)."""
+    k, order = layer.kernel_size, layer.group.order
+    keep = disk_mask(k).flatten() > 0 if layer.disk_mask else torch.ones(k * k, dtype=torch.bool)
+    m = transform_matrix(layer.group, k, layer.disk_mask)  # [|G|, t, s], float64
+    gbar = torch.einsum("gts,gus->tu", m, m)[keep][:, keep] / order
+    planes = layer.in_channels * (1 if isinstance(layer, gnn.LiftingConv2d) else order)
+    return 2.0 / (planes * gbar.trace().item()), gbar, keep
+
+
+def _expected_square(layer, r, var_w, gbar, keep):
+    """``(E_W[mean layer(r)^2], beta)`` in float64 over the init law of ``_init_law``, given the input
+    ``r``: ``var_w sum_{t,u} gbar[t, u] K[t, u]`` with ``K`` the patch second moments of ``r`` (zero padded,
+    summed over planes, averaged over batch and output positions). ``beta = tr K / (planes taps mean r^2)
+    <= 1`` is the share of the input energy the zero-padded windows see."""
+    k = layer.kernel_size
+    planes = (r if isinstance(layer, gnn.LiftingConv2d) else r.flatten(1, 2)).detach().to(F64)
+    cols = F.unfold(planes, k, padding=layer.padding)  # [B, P k^2, L]: r(p + t) for every output p
+    b, p, n_out = planes.shape[0], planes.shape[1], cols.shape[-1]
+    cols = cols.view(b * p, k * k, n_out)
+    second = torch.bmm(cols, cols.transpose(1, 2)).sum(0)[keep][:, keep] / (b * n_out)
+    beta = second.trace().item() / (p * int(keep.sum()) * planes.square().mean().item())
+    return var_w * (second * gbar).sum().item(), beta
+
+
 @pytest.mark.parametrize("group,disk", [(Group(4), False), (Group(4, True), True), (Group(8), True), (Group(16), False)],
                          ids=str)
 def test_he_init_preserves_variance_through_relu_stack(group, disk):
-    # lifting: Var(out) = fan_in * Var(w) * E[x^2] = 2 Var(x); after that He keeps the pre-activation
-    # variance of a ReLU stack constant: each layer's ratio ~ 1. For C8/C16 the init divides by the transform
-    # gain (bilinear rotation by 45 / 22.5 degrees keeps only ~0.7 / ~0.55 of a white-noise filter's energy).
-    # Measured mean ratios over 4 inits (C=16, 24x24): C4 0.94 0.90 0.97 0.81, D4+disk 0.94 0.94 0.98 0.97,
-    # C8+disk 0.94 1.05 1.15 1.22, C16 0.95 1.11 1.18 1.44.
-    c, k = 16, 5 if disk else 3
-    ratios = []
-    for seed in range(4):
+    # A ReLU stack of He-initialised layers. The init law, E out^2 given the input, and how far that is from He's
+    # 2 E r^2 are computed exactly (_init_law, _expected_square); the realised weights and outputs of 16 seeds
+    # are checked against them with bands from the law's own variance, so nothing here is a measured number.
+    c, k, seeds = 16, 5 if disk else 3, 16
+    dev = torch.zeros(seeds, 4, dtype=F64)
+    for seed in range(seeds):
         torch.manual_seed(seed)
         layers = [gnn.LiftingConv2d(3, c, k, group, padding="same", disk_mask=disk)]
         layers += [gnn.GroupConv2d(c, c, k, group, padding="same", disk_mask=disk) for _ in range(3)]
-        x = torch.randn(2, 3, 24, 24)
-        variances = []
-        with torch.no_grad():
-            h = x
-            for i, layer in enumerate(layers):
-                h = layer(torch.relu(h) if i else h)
-                variances.append(h.var().item())
-        ratios.append([variances[0] / (2 * x.var().item())] + [b / a for a, b in zip(variances, variances[1:])])
-    mean = torch.tensor(ratios).mean(0)
-    assert ((mean > 0.5) & (mean < 2.0)).all(), mean
+        h = torch.randn(2, 3, 16, 16)
+        for i, layer in enumerate(layers):
+            var_w, gbar, keep = _init_law(layer)
+            # the module's fan_in * transform_gain is planes * tr(gbar): two float64 sums of <= |G| k^4
+            # non-negative terms, 2 gamma_{|G| k^4 + 4} apart
+            assert var_w == pytest.approx(2 / (layer.fan_in * layer.transform_gain),
+                                          rel=2 * gamma(group.order * k ** 4 + 4, F64))
+            # the n used taps are i.i.d. N(0, var_w): mean(w^2) / var_w has mean 1 and std sqrt(2 / n); 6 sigma
+            w = layer.weight.detach().to(F64).flatten(-2)[..., keep]
+            assert abs(w.square().mean().item() / var_w - 1) <= 6 * math.sqrt(2 / w.numel()), (i, seed)
+            r = torch.relu(h) if i else h
+            with torch.no_grad():
+                h = layer(r)
+            expected, beta = _expected_square(layer, r, var_w, gbar, keep)
+            dev[seed, i] = h.double().square().mean() / expected - 1
+            # He: E out^2 = 2 E r^2 (for the ReLU layers 2 E relu(h)^2 = E h^2, h being symmetric in law), up
+            # to the zero padding (beta) and, where the transform interpolates, to the input's correlations:
+            # a Rayleigh quotient of gbar, so the ratio lies in beta [lambda_min, lambda_max] / mean(lambda).
+            # C4 / D4 permute taps (gbar = I): exactly beta. C8 (k=5, disk): [0.70, 1.45]; C16 (k=3): [0.52, 1.82].
+            ratio = expected / (2 * r.double().square().mean().item())
+            lam = torch.linalg.eigvalsh(gbar)
+            # both sides are float64 sums of <= numel(r) k^2 products (and eigvalsh, far more accurate): 2 gamma
+            slack = 2 * gamma(r.numel() * k * k, F64)
+            bounds = beta * lam[[0, -1]] / lam.mean()
+            assert bounds[0] * (1 - slack) <= ratio <= bounds[1] * (1 + slack), (i, seed, ratio, bounds)
+    # Given its input, a layer's mean(out^2) is a Gaussian quadratic form (1/C) sum_o w_o^T A w_o of its C output
+    # channels' independent weights: mean var_w tr A (= expected), std var_w sqrt(2 tr(A^2) / C) <= sqrt(2 / C)
+    # times the mean (tr A^2 <= (tr A)^2 for A >= 0). The seeds are independent: the mean relative deviation
+    # over them has std <= sqrt(2 / (C seeds)) = 0.088 (float32 rounding of h, <~1e-5, is negligible). 6 sigma.
+    band = 6 * math.sqrt(2 / (c * seeds))
+    assert (dev.mean(0).abs() <= band).all(), (dev.mean(0), band)
     assert layers[1].fan_in == c * group.order * layers[1].taps
     assert (layers[1].transform_gain == 1.0) == (group.rotations == 4)
     if disk:
@@ -269,7 +356,9 @@ def test_reset_parameters_reinitialises():
         gc.weight.fill_(1.0)
         gc.bias.fill_(1.0)
     gc.reset_parameters()
-    assert gc.weight.std().item() == pytest.approx((2 / gc.fan_in) ** 0.5, rel=0.3)
+    # the sample std of n i.i.d. normal draws has relative std sqrt(1 / (2 (n - 1))): 6 sigma
+    n = gc.weight.numel()
+    assert gc.weight.std().item() == pytest.approx((2 / gc.fan_in) ** 0.5, rel=6 * math.sqrt(1 / (2 * (n - 1))))
     assert (gc.bias == 0).all()
 
 
@@ -289,9 +378,11 @@ def test_eval_uses_cache_and_matches_train_path():
         assert cache is not None and not cache.requires_grad and cache.grad_fn is None
         gc(x)
         assert gc._cache is cache  # reused
-    torch.testing.assert_close(y_eval, y_train.detach(), atol=1e-5, rtol=1e-5)
+    # F.conv2d on the cached filter, then the bias, vs the op: the same sums in other orders (conv_atol)
+    atol = conv_atol(False, x, gc.weight, gc.bias, Group(4, True), 1, 1)
+    torch.testing.assert_close(y_eval, y_train.detach(), atol=atol, rtol=0)
     with torch.inference_mode():
-        torch.testing.assert_close(gc(x), y_train.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gc(x), y_train.detach(), atol=atol, rtol=0)  # the same cached path
     assert copy.deepcopy(gc)._cache is None  # copies and pickles never carry the cache
     gc.train()
     assert gc._cache is None
@@ -313,7 +404,8 @@ def test_cache_invalidated_by_optimiser_step_and_load():
             if hasattr(m, "clear_cache"):
                 m.clear_cache()
         expected = fresh(x)
-    assert (after - before).abs().max() > 1e-3  # the step changed the weights...
+    # the step changed the outputs by more than rounding could (_net_atol: two evaluations of one net)...
+    assert (after - before).abs().max() > _net_atol(net, x, before)
     torch.testing.assert_close(after, expected, atol=0, rtol=0)  # ...and the cache followed them
     # load_state_dict writes in place: the cache follows again
     other = _net(Group(4)).eval()
@@ -367,14 +459,21 @@ def test_export_matches_original(group):
     assert any(isinstance(m, gnn.GroupConv2d) for m in net.modules())  # original untouched
     x = torch.randn(4, 1, 15, 15)
     with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x), atol=1e-5, rtol=1e-5)
+        # float64: the point is that the exported net computes the same function, which in float32 the
+        # rounding bound of the whole net (chain_rtol 6e-4 to 1.5e-3 relative) would check only loosely
+        net64, x64 = copy.deepcopy(net).double(), x.double()
+        expected = net64(x64)
+        torch.testing.assert_close(gnn.export(net64)(x64), expected, atol=_net_atol(net64, x64, expected), rtol=0)
+        assert exported(x).dtype == torch.float32 and exported(x).shape == expected.shape
     # a single layer exports to its wrapper; shapes stay (B, C, |G|, H, W)
     gc = gnn.GroupConv2d(2, 3, 3, group, stride=2, padding=1).eval()
     xg = torch.randn(2, 2, group.order, 9, 9)
     e = gc.export()
     assert isinstance(e.conv, nn.Conv2d) and e.conv.weight.shape == (3 * group.order, 2 * group.order, 3, 3)
     with torch.no_grad():
-        torch.testing.assert_close(e(xg), gc(xg), atol=1e-5, rtol=1e-5)
+        # one Conv2d with the bias folded in vs the cached conv plus the bias: other orders of the same sums
+        atol = conv_atol(False, xg, gc.weight, gc.bias, group, 2, 1)
+        torch.testing.assert_close(e(xg), gc(xg), atol=atol, rtol=0)
     assert gnn.export(gc).conv.stride == (2, 2)
     assert gconv_ext.nn.export is gnn.export
 
@@ -392,27 +491,44 @@ def test_export_inplace_and_checker_sees_exported_layers():
 # -- other layers ----------------------------------------------------------------------------------
 
 def test_group_batchnorm_shares_statistics_over_group_axis():
-    bn = gnn.GroupBatchNorm2d(3, "C4")
+    # float64: the point is which values share the statistics (per channel over B, |G|, H, W; per-(C, g)
+    # statistics would be ~0.1 off), which float64 rounding (_normalize_atol ~1e-11) cannot mask
+    bn = gnn.GroupBatchNorm2d(3, "C4", dtype=F64)
     assert dict(bn.named_parameters())["weight"].shape == (3,)
-    x = torch.randn(5, 3, 4, 6, 6) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1, 1) + 1.0
+    x = torch.randn(5, 3, 4, 6, 6, dtype=F64) * torch.tensor([1.0, 2.0, 3.0], dtype=F64).view(1, 3, 1, 1, 1) + 1.0
     y = bn(x)
-    torch.testing.assert_close(y.mean(dim=(0, 2, 3, 4)), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y, nn.functional.batch_norm(x, None, None, training=True), atol=1e-5, rtol=0)
+    dims = (0, 2, 3, 4)
+    # the exact mean is 0: one evaluation's error, plus the rounding of the mean of n values of |y| <= ~1
+    atol = _normalize_atol(x, dims, bn.eps, sides=1)
+    atol += gamma(x[:, 0].numel() + 1, F64) * y.abs().mean(dims).max().item()
+    torch.testing.assert_close(y.mean(dim=dims), torch.zeros(3, dtype=F64), atol=atol, rtol=0)
+    ref = nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
+    torch.testing.assert_close(y, ref, atol=_normalize_atol(x, dims, bn.eps), rtol=0)  # two evaluations
     assert set(bn.state_dict()) == set(nn.BatchNorm3d(3).state_dict())
 
 
 def test_layer_norm_and_pools():
     x = torch.randn(2, 3, 4, 8, 8)
-    y = gnn.GroupLayerNorm()(x)
-    torch.testing.assert_close(y.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(gnn.GroupPool("mean")(x), x.mean(2))
-    torch.testing.assert_close(gnn.InvariantPool()(x), x.mean(dim=(2, 3, 4)))
-    torch.testing.assert_close(gnn.InvariantPool("max")(x), x.amax(dim=(2, 3, 4)))
+    # layer norm in float64 (the point: statistics over all of C, |G|, H, W): its exact mean is 0, so one
+    # evaluation's error (_normalize_atol) plus the rounding of the mean of n values of |y| <= ~1
+    ln = gnn.GroupLayerNorm()
+    x64, dims = x.double(), (1, 2, 3, 4)
+    y = ln(x64)
+    atol = _normalize_atol(x64, dims, ln.eps, sides=1)
+    atol += gamma(x64[0].numel() + 1, F64) * y.abs().mean(dims).max().item()
+    torch.testing.assert_close(y.mean(dim=dims), torch.zeros(2, dtype=F64), atol=atol, rtol=0)
+    # |G| values summed in any order and divided: 2 gamma_{|G|+1} times the fibre's mean |x| (as test_group_pool)
+    atol = sum_atol(x.shape[2] + 1, x.abs().double().mean(2).max(), torch.float32)
+    torch.testing.assert_close(gnn.GroupPool("mean")(x), x.mean(2), atol=atol, rtol=0)
+    torch.testing.assert_close(gnn.InvariantPool()(x), x.mean(dim=(2, 3, 4)), atol=0, rtol=0)  # this very call
+    torch.testing.assert_close(gnn.InvariantPool("max")(x), x.amax(dim=(2, 3, 4)), atol=0, rtol=0)  # a max: exact
     mp = gnn.GroupMaxPool2d(2)(x)
     assert mp.shape == (2, 3, 4, 4, 4)
-    torch.testing.assert_close(mp[:, 1, 2], nn.functional.max_pool2d(x[:, 1, 2], 2))
+    torch.testing.assert_close(mp[:, 1, 2], nn.functional.max_pool2d(x[:, 1, 2], 2), atol=0, rtol=0)  # exact
     ap = gnn.GroupAvgPool2d(3, stride=1, padding=1)(x)
-    torch.testing.assert_close(ap[:, 2, 3], nn.functional.avg_pool2d(x[:, 2, 3], 3, 1, 1))
+    # <= 9 values summed in any order and divided by 9: 2 gamma_10 times the largest |x| (as test_spatial_pool)
+    atol = sum_atol(9 + 1, x.abs().max().double(), torch.float32)
+    torch.testing.assert_close(ap[:, 2, 3], nn.functional.avg_pool2d(x[:, 2, 3], 3, 1, 1), atol=atol, rtol=0)
 
 
 def test_group_dropout_drops_whole_fields():
@@ -426,7 +542,7 @@ def test_group_dropout_drops_whole_fields():
         if whole:
             assert (zero == zero[:, :, :, :1, :1]).all()
         assert 0.2 < zero.float().mean() < 0.8
-        torch.testing.assert_close(y[~zero], torch.full_like(y[~zero], 2.0))
+        torch.testing.assert_close(y[~zero], torch.full_like(y[~zero], 2.0), atol=0, rtol=0)  # 1 / (1 - 0.5): exact
         d.eval()
         assert d(x) is x
 
@@ -435,35 +551,44 @@ def test_group_dropout_drops_whole_fields():
 
 def test_torch_compile_fullgraph_train_and_eval():
     torch.manual_seed(0)
-    net = _net(Group(4))
-    x = torch.randn(2, 1, 15, 15)
+    # float64: the point is that the compiled graph is the same function. Each comparison is bounded by
+    # chain_rtol of the net's reductions in that mode (_net_atol): <= ~3e-11 relative in float64 (train mode,
+    # batch statistics over 1800 values), but ~1e-2 in float32, i.e. hardly a check
+    net = _net(Group(4)).double()
+    x = torch.randn(2, 1, 15, 15, dtype=F64)
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
     net.train()
     net[7].p = 0.0  # deterministic comparison
     y = compiled(x)
     y.sum().backward()
     assert net[0].weight.grad is not None
-    torch.testing.assert_close(y, net(x), atol=1e-5, rtol=1e-5)
+    expected = net(x)
+    torch.testing.assert_close(y, expected, atol=_net_atol(net, x, expected), rtol=0)
     net.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), net(x), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(compiled(x), net(x), atol=1e-5, rtol=1e-5)
+        expected = net(x)
+        atol = _net_atol(net, x, expected)
+        torch.testing.assert_close(compiled(x), expected, atol=atol, rtol=0)
+    torch.testing.assert_close(compiled(x), net(x), atol=atol, rtol=0)  # grad enabled: the same function
 
 
 def test_torch_export_eval():
     torch.manual_seed(0)
-    net = _trained_stats(_net(Group(4, True))).eval()
-    x = torch.randn(2, 1, 15, 15)
+    # float64: the point is that the exported programs are the same function; bounded by chain_rtol of the
+    # net's reductions (_net_atol), ~3e-12 relative in float64
+    net = _trained_stats(_net(Group(4, True))).double().eval()
+    x = torch.randn(2, 1, 15, 15, dtype=F64)
     with torch.no_grad():
         expected = net(x)  # fills the caches first: export must not capture them
+    atol = _net_atol(net, x, expected)
     program = torch.export.export(net, (x,))
     assert not any("cache" in name for name in program.state_dict)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(program.module()(x), expected, atol=atol, rtol=0)
     # the exported (plain Conv2d) network also goes through torch.export
     plain = torch.export.export(gnn.export(net), (x,))
     with torch.no_grad():
-        torch.testing.assert_close(plain.module()(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain.module()(x), expected, atol=atol, rtol=0)
 
 
 def test_no_warning_from_unstrided_layers_at_odd_sizes():
