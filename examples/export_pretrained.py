@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from gconv_ext.io import atomic_torch_save, write_json
-from gconv_ext.models.pretrained import PRETRAINED_DIR, sha256_file
+from gconv_ext.models.weights import PRETRAINED_DIR, sha256_file
 from gconv_ext.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 
 

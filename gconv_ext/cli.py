@@ -202,7 +202,7 @@ def _cmd_evaluate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
     from gconv_ext.train.distributed import resolve_device  # noqa: PLC0415
 
-    from gconv_ext.models.pretrained import available_pretrained, pretrained_path  # noqa: PLC0415
+    from gconv_ext.models.weights import available_pretrained, pretrained_path  # noqa: PLC0415
 
     checkpoint, out_dir = args.checkpoint, args.out_dir
     if not Path(checkpoint).is_file():

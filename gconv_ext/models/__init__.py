@@ -5,7 +5,7 @@ from gconv_ext.models.gcnn import GCNN, GCNN_PRESETS, gcnn_parameter_count, gcnn
 from gconv_ext.models.common import count_parameters, layer_norm_chw
 from gconv_ext.models.ien import IENCNN, ien_cnn, ien_cnn_for_params, ien_cnn_parameter_count, ien_loss
 from gconv_ext.models.lenet import EquivariantLeNet, VanillaLeNet, lenet, lenet_feature_size, pad_to_odd
-from gconv_ext.models.pretrained import available_pretrained, pretrained, pretrained_info
+from gconv_ext.models.weights import available_pretrained, pretrained, pretrained_info
 from gconv_ext.models.stn import (STN, EquivariantLocalizationNet, LocalizationNet, affine_warp, rotation_theta, stn_for_params,
                                   stn_parameter_count, theta_rotation_angle)
 

@@ -67,11 +67,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise FileNotFoundError(f"checkpoint {path} not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no directory
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a complete PyTorch zip archive)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} was refused by safe (weights_only) loading: {first}") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "global" in ln.lower() and "weights only load failed" not in ln.lower()),
+                   lines[0] if lines else type(exc).__name__)
+        raise CheckpointError(f"checkpoint {path} was refused by safe (weights_only) loading: {why}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({first})") from None
