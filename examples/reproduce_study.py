@@ -89,10 +89,10 @@ def summarize(results: list[dict], out: Path, budget: str) -> str:
         for key, title in (("rotated_test_acc", "rotated test"), ("upright_test_acc", "upright"),
                            ("mean_per_angle_acc", "mean over angles")):
             m, s = mean_std([r[key] for r in rs])
-            row[title] = f"{100 * m:.2f} ± {100 * s:.2f}"
+            row[title] = f"{100 * m:.2f} ± {100 * s:.2f}" if len(rs) > 1 else f"{100 * m:.2f}"
         canon = [r["canonicalization"]["median_deg"] for r in rs if r.get("canonicalization")]
-        row["canon. error (median)"] = (f"{mean_std(canon)[0]:.1f}° ± {mean_std(canon)[1]:.1f}°"
-                                        if canon else "-")
+        row["canon. error (median)"] = ("-" if not canon else f"{mean_std(canon)[0]:.1f}°" + (
+            f" ± {mean_std(canon)[1]:.1f}°" if len(canon) > 1 else ""))
         times = [r["train_time_s"] for r in rs if r.get("train_time_s") is not None]
         row["train time / run"] = f"{mean_std(times)[0] / 60:.1f} min" if times else "-"
         epochs = [r["epoch"] for r in rs]
@@ -103,7 +103,7 @@ def summarize(results: list[dict], out: Path, budget: str) -> str:
         rows.append(row)
     columns = ["model", "trained", "params", "seeds", "rotated test", "upright", "mean over angles",
                "canon. error (median)", "best epoch", "train time / run", "precision", "machine"]
-    text = (f"Rotated-MNIST reproduction, {budget} budget: accuracy in % (mean ± sample std over seeds; "
+    text = (f"Rotated-MNIST reproduction, {budget} budget: accuracy in % (mean ± sample std where there are several seeds; "
             f"{results[0]['n_rotated_test']:,} rotated test digits).\n\n" + markdown_table(rows, columns))
     write_text(out / "summary.md", text)
     write_csv(out / "summary.csv", rows, columns)
@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_checkpoint(run_dir / "best.pt", run_dir, args.data_dir, name=label, angles=angles,
                                 device="cuda" if args.device.startswith("cuda") else "cpu")
             visualize_checkpoint(run_dir / "best.pt", run_dir, args.data_dir)
-        results.append(json.loads(result_path.read_text()))
+    # every finished run of the plan, including those another invocation finished meanwhile
+    for label, _, _, _, setting, seed in runs:
+        result_path = out / f"{slug(label)}-{SETTINGS[setting]}-seed{seed}" / "result.json"
+        if result_path.is_file():
+            results.append(json.loads(result_path.read_text()))
     if not results:
         print("no finished runs yet", file=sys.stderr)
         return 0
