@@ -18,7 +18,7 @@ from gconv_ext.analysis import (LN2, ParityCNN, ParityGCNN, average_over_batches
 from gconv_ext.nn import EquivarianceWarning
 
 from conftest import REPO
-from tolerances import F64, chain_rtol, gamma, reduction_lengths
+from tolerances import F64, chain_rtol, forward_with_hooks, gamma, reduction_lengths
 
 
 @pytest.fixture(autouse=True)
@@ -54,13 +54,7 @@ def _output_rms(model, x):
             rms.setdefault(name, out.square().mean().item() ** 0.5)  # returns None: the output is kept
         return fn
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x, lambda name, _module: hook(name) if name else None)
     return rms
 
 

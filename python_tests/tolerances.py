@@ -211,11 +211,21 @@ def reduction_lengths(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
         elif isinstance(module, gnn.InvariantPool) and module.mode == "mean":
             lengths.append(t[0, 0].numel() + 1)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    forward_with_hooks(model, x, lambda name, module: hook)
+    return lengths
+
+
+def forward_with_hooks(model: torch.nn.Module, x: torch.Tensor, hook_for) -> None:
+    """One no-grad forward of ``model`` on ``x`` with ``hook_for(name, module)`` (a forward hook, or None
+    to skip the module) registered on every module, all removed afterwards."""
+    handles = []
     try:
+        for name, module in model.named_modules():
+            hook = hook_for(name, module)
+            if hook is not None:
+                handles.append(module.register_forward_hook(hook))
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return lengths
