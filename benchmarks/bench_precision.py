@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from gconv_ext.provenance import cpu_model
 from gconv_ext.train import build_model
-from gconv_ext.train.precision import autocast_context, resolve_precision
+from gconv_ext.train.precision import autocast_context, interleaved_step_times, resolve_precision
 
 MODELS = (("GCNN C4/4/16", "gcnn", "C4/4/16"), ("STN canonical", "stn-single-canonical", "matched"),
           ("CNN", "cnn", "matched"))
@@ -50,15 +49,7 @@ def main() -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
         steps = {pr: step_fn(model, opt, x, y, pr) for pr in ("fp32", "bf16")}
-        for _ in range(args.warmup):
-            for s in steps.values():
-                s()
-        times = {"fp32": [], "bf16": []}
-        for _ in range(args.repeats):
-            for pr, s in steps.items():
-                t0 = time.perf_counter()
-                s()
-                times[pr].append(time.perf_counter() - t0)
+        times = interleaved_step_times(steps, args.repeats, args.warmup)
         ratios = [a / b for a, b in zip(times["fp32"], times["bf16"])]
         auto, _ = resolve_precision("auto", model, x, torch.device("cpu"))
         print(f"| {label} | {1e3 * statistics.median(times['fp32']):.1f} | {1e3 * statistics.median(times['bf16']):.1f} "

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 __all__ = ["AUTO_MIN_SPEEDUP", "autocast_context", "cpu_has_bf16", "onednn_uses_amx", "make_grad_scaler",
-           "measure_bf16_speedup", "resolve_precision", "input_dtype"]
+           "measure_bf16_speedup", "interleaved_step_times", "resolve_precision", "input_dtype"]
 
 #: ``auto`` picks bf16 only when one step is at least this much faster than fp32.
 AUTO_MIN_SPEEDUP = 1.15
@@ -78,6 +78,22 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
 
 
+def interleaved_step_times(steps: dict[str, Callable[[], None]], repeats: int = 5,
+                           warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each of ``steps``, called in turn (A, B, A, B, ...) ``repeats`` times after
+    ``warmup`` rounds, so that a change of the machine's load hits every variant alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def measure_bf16_speedup(
     make_step: Callable[[str], Callable[[], None]], repeats: int = 5, warmup: int = 2
 ) -> float:
@@ -85,19 +101,8 @@ def measure_bf16_speedup(
 
     ``make_step(precision)`` returns a function that runs one training step in that precision.
     """
-    steps = {p: make_step(p) for p in ("fp32", "bf16")}
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    ratios = []
-    for _ in range(repeats):
-        times = {}
-        for p, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[p] = time.perf_counter() - t0
-        ratios.append(times["fp32"] / max(times["bf16"], 1e-12))
-    return statistics.median(ratios)
+    times = interleaved_step_times({p: make_step(p) for p in ("fp32", "bf16")}, repeats, warmup)
+    return statistics.median(a / max(b, 1e-12) for a, b in zip(times["fp32"], times["bf16"]))
 
 
 def _model_step_factory(model: nn.Module, sample: torch.Tensor, device: torch.device) -> Callable:
