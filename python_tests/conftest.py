@@ -1,14 +1,26 @@
 """Shared fixtures and markers for the gconv_ext test suite."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A fresh inductor cache for every test session. The default one (/tmp/torchinductor_$USER) outlives the
+# session and is shared by every venv and environment (thread counts, ATEN_CPU_CAPABILITY) that ever ran on
+# the machine: a compile test must measure the compiler, not whatever an earlier run left in that cache.
+# Set before anything imports torch._inductor, which reads the variable when it first needs the folder.
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="gconv_ext_tests_inductor_")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+os.environ.pop("TORCHINDUCTOR_FX_GRAPH_REMOTE_CACHE", None)
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
@@ -38,6 +50,20 @@ def shared_data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """No test leaks process-wide torch settings into the next (the thread count, deterministic mode, the
+    default dtype); the order of the tests must not matter."""
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+    torch.set_default_dtype(dtype)
 
 
 @contextlib.contextmanager

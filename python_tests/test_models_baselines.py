@@ -10,6 +10,8 @@ parameter counts and its argument validation.
 """
 from __future__ import annotations
 
+import os
+
 import math
 
 import pytest
@@ -696,8 +698,20 @@ def test_compile_fullgraph_cnn() -> None:
     torch.manual_seed(0)
     model = CNN(channels=8)
     x = torch.randn(4, 1, 28, 28)
-    compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    _assert_compiled_matches_eager(model, x)
+
+
+def _assert_compiled_matches_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Compiled and eager outputs agree; on a failure the message says which side is not finite and how the
+    process was set up, because a compile failure is usually about the environment."""
+    torch._dynamo.reset()
+    got = torch.compile(model, fullgraph=True)(x)
+    want = model(x)
+    where = (f"threads={torch.get_num_threads()}, capability={torch.backends.cpu.get_cpu_capability()}, "
+             f"inductor cache={os.environ.get('TORCHINDUCTOR_CACHE_DIR')}")
+    assert torch.isfinite(want).all(), f"eager output not finite ({where})"
+    assert torch.isfinite(got).all(), f"compiled output has {int((~torch.isfinite(got)).sum())} non-finite values ({where})"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -706,5 +720,4 @@ def test_compile_fullgraph_stn() -> None:
     torch.manual_seed(0)
     model = small_stn("multi", "rotation", init="random")
     x = torch.randn(4, 1, 28, 28)
-    compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+    _assert_compiled_matches_eager(model, x)

@@ -128,6 +128,17 @@ def test_fp64_run_keeps_float64_weights(tmp_path, shared_data_dir):
     assert all(v.dtype == torch.float64 for v in last["model"].values() if v.is_floating_point())
 
 
+def test_fit_restores_the_process_settings_it_changes(tmp_path, shared_data_dir):
+    # threads and deterministic mode are the run's, not the caller's: a notebook that trains and then
+    # compiles or benchmarks must find its own settings again (even when the run fails).
+    with torch_threads(2):
+        train(tiny_config(tmp_path / "ok", shared_data_dir, epochs=1, threads=1, deterministic=True))
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+        with pytest.raises(FileExistsError):
+            train(tiny_config(tmp_path / "ok", shared_data_dir, epochs=1, threads=1, deterministic=True))
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+
+
 def test_bf16_run_learns_and_records_its_precision(tmp_path, shared_data_dir):
     summary = train(tiny_config(tmp_path, shared_data_dir, model="gcnn", precision="bf16", epochs=3, train_limit=512,
                          batch_size=16, lr=1e-2))

@@ -49,6 +49,8 @@ Reproducibility:
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import math
@@ -450,20 +452,38 @@ def fit(
     if ctx is None:
         ctx = setup_distributed(cfg.device)
     try:
-        return _fit(model, data, cfg, ctx, prepare, json.loads(json.dumps(dict(meta or {}))), files,
-                    _logger(ctx, cfg, log))
+        with _process_settings(cfg):
+            return _fit(model, data, cfg, ctx, prepare, json.loads(json.dumps(dict(meta or {}))), files,
+                        _logger(ctx, cfg, log))
     finally:
         if own_ctx:
             ctx.close()
 
 
-def _fit(model: nn.Module, data: TrainData, cfg: TrainConfig, ctx: DistContext, prepare: Prepare | None,
-         meta: dict[str, Any], files: RunFiles, say: Callable[[str], None]) -> dict[str, Any]:
+@contextlib.contextmanager
+def _process_settings(cfg: TrainConfig):
+    """Apply the config's process-wide settings (``threads``, ``deterministic``) for the duration of a fit,
+    then restore the caller's: a library call must not leave the process changed (a later
+    ``torch.compile`` in the same process would, for example, generate single-threaded kernels)."""
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _fit(model: nn.Module, data: TrainData, cfg: TrainConfig, ctx: DistContext, prepare: Prepare | None,
+         meta: dict[str, Any], files: RunFiles, say: Callable[[str], None]) -> dict[str, Any]:
     out_dir = None if cfg.out_dir is None else Path(cfg.out_dir)
     ckpt = _resume_checkpoint(cfg, files, meta, say)
     n_params = count_parameters(model)
