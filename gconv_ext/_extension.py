@@ -41,7 +41,20 @@ def warn_if_unavailable() -> None:
     global _warned
     if _C is None and not _warned:
         _warned = True
-        warnings.warn(f"gconv_ext: {_LOAD_ERROR}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"gconv_ext: {_LOAD_ERROR}", RuntimeWarning, stacklevel=4)
+
+
+def compiled_op(name: str) -> Any:
+    """The compiled operator ``torch.ops.gconv_ext.<name>``, or None when ``gconv_ext._C`` is not loaded (then
+    a warning, once per process, says why); the caller falls back to its pure-PyTorch reference::
+
+        op = _extension.compiled_op("group_pool")
+        return reference.group_pool(x, mode) if op is None else op(x, mode)
+    """
+    if _C is None:
+        warn_if_unavailable()
+        return None
+    return getattr(torch.ops.gconv_ext, name)
 
 
 def build_info() -> dict[str, Any]:

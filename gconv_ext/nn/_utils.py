@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._args import int_pair  # noqa: F401  (re-exported: the modules' pair helper)
 from ..groups import Group, group_from_name
 
 
@@ -14,15 +15,6 @@ def positive_int(owner: str, name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {v!r}")
     return v
-
-
-def int_pair(owner: str, name: str, v: Any, minimum: int) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
-    ok = isinstance(t, (tuple, list)) and len(t) == 2 and all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in t)
-    if not ok:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return int(t[0]), int(t[1])
 
 
 def flag(owner: str, name: str, v: Any) -> bool:

@@ -1,10 +1,9 @@
-"""Lifting and group convolutions and group pooling (functional API).
+"""Lifting and group convolutions (functional API).
 
 Layout of group feature maps: ``(B, C, |G|, H, W)``.
 
 * ``lifting_conv2d(x[B, C_in, H, W], weight[C_out, C_in, k, k]) -> [B, C_out, |G|, H', W']``
 * ``group_conv2d(x[B, C_in, |G|, H, W], weight[C_out, C_in, |G|, k, k]) -> [B, C_out, |G|, H', W']``
-* ``group_pool(x[B, C, |G|, H, W], mode) -> [B, C, H, W]`` (max or mean over the group axis)
 
 The output at group slice ``g`` is the correlation with the filter transformed by ``g``; rotating
 (reflecting) the input by ``g`` rotates the output and moves group slice ``h`` to ``g h``.
@@ -16,27 +15,17 @@ from typing import Sequence
 import torch
 
 from .. import _extension
+from .._args import int_pair
 from ..groups import Group, group_from_name
 from . import reference
 
-__all__ = ["lifting_conv2d", "group_conv2d", "group_pool"]
+__all__ = ["lifting_conv2d", "group_conv2d"]
 
 IntOr2 = int | Sequence[int]
 
 
-def _pair(v: IntOr2, name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(v)
-    if len(t) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
-        raise ValueError(f"gconv_ext: {name} must be an int or a pair of ints, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
 def _conv_params(k: int, stride: IntOr2, padding: IntOr2 | str, dilation: IntOr2):
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    if min(stride) < 1:
-        raise ValueError(f"gconv_ext: stride must be >= 1, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"gconv_ext: dilation must be >= 1, got {dilation}")
+    stride, dilation = int_pair("gconv_ext", "stride", stride, 1), int_pair("gconv_ext", "dilation", dilation, 1)
     if padding == "valid":
         return stride, (0, 0), dilation
     if padding == "same":
@@ -49,10 +38,7 @@ def _conv_params(k: int, stride: IntOr2, padding: IntOr2 | str, dilation: IntOr2
         return stride, tuple(s // 2 for s in span), dilation
     if isinstance(padding, str):
         raise ValueError(f"gconv_ext: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
-    padding = _pair(padding, "padding")
-    if min(padding) < 0:
-        raise ValueError(f"gconv_ext: padding must be >= 0, got {padding}")
-    return stride, padding, dilation
+    return stride, int_pair("gconv_ext", "padding", padding, 0), dilation
 
 
 def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
@@ -99,11 +85,10 @@ def _conv(lifting: bool, x, weight, bias, group, stride, padding, dilation, disk
     group = group_from_name(group)
     _check_conv(lifting, x, weight, bias, group)
     stride, padding, dilation = _conv_params(weight.shape[-1], stride, padding, dilation)
-    if not _extension.available():
-        _extension.warn_if_unavailable()
+    op = _extension.compiled_op("lifting_conv2d" if lifting else "group_conv2d")
+    if op is None:
         ref = reference.lifting_conv2d if lifting else reference.group_conv2d
         return ref(x, weight, bias, group, stride, padding, dilation, disk_mask)
-    op = torch.ops.gconv_ext.lifting_conv2d if lifting else torch.ops.gconv_ext.group_conv2d
     return op(x, weight, bias, group.rotations, group.reflections, bool(disk_mask), stride, padding, dilation)
 
 
@@ -130,29 +115,144 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     return _conv(False, x, weight, bias, group, stride, padding, dilation, disk_mask)
 
+# -- registration, only when the compiled ops exist --------------------------------------------------
+# ``torch.ops.gconv_ext.{lifting_conv2d, group_conv2d}`` and their explicit backward ops
+# ``*_backward(grad_out, input, weight, ..., output_mask) -> (grad_input, grad_weight, grad_bias)`` are
+# defined in C++ (``csrc/conv.cpp``). Registered here:
+#
+# * fake (meta) kernels, so the ops trace under ``torch.compile``; they check shapes with ``torch._check``
+#   and take output strides from ATen's own convolution meta functions, so they match the real kernels
+#   (channels_last included);
+# * the autograd of the forward op: one call of the backward op (one ``at::convolution_backward`` for all
+#   requested gradients, the expanded filter recomputed, not saved);
+# * the autograd of the backward op, written with the two ops themselves, so double (and higher) backward
+#   works: the backward op is linear in ``grad_out`` and bilinear in (``grad_out``, ``input``) and
+#   (``grad_out``, ``weight``), and each of its adjoints is again a forward or backward op.
 
-def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
-    """Invariant projection over the group axis: ``[B, C, |G|, H, W] -> [B, C, H, W]``.
+_NO_OUTPUT_PADDING = [0, 0]
 
-    ``mode='max'`` (the gradient goes to the first maximal element of each group fibre: deterministic)
-    or ``'mean'``. A custom C++/CUDA operator, differentiable twice.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"gconv_ext: input must be 5-D [B, C, |G|, H, W], got shape {tuple(x.shape)}")
-    if mode not in ("max", "mean"):
-        raise ValueError(f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
-    if not x.is_floating_point():
-        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
-    if x.shape[2] < 1:
-        raise ValueError("gconv_ext: the group axis (input.shape[2]) must be non-empty")
-    if not _extension.available():
-        _extension.warn_if_unavailable()
-        return reference.group_pool(x, mode)
-    return torch.ops.gconv_ext.group_pool(x, mode)
+
+def _order(rotations: int, reflections: bool) -> int:
+    torch._check(rotations >= 1, lambda: f"gconv_ext: rotations must be >= 1, got {rotations}")
+    return rotations * (2 if reflections else 1)
+
+
+def _check_shapes(lifting: bool, input, weight, rotations, reflections, stride, padding, dilation) -> int:
+    n = _order(rotations, reflections)
+    dim = 4 if lifting else 5
+    torch._check(input.dim() == dim, lambda: f"gconv_ext: input must be {dim}-D, got {input.dim()}-D")
+    torch._check(weight.dim() == dim, lambda: f"gconv_ext: weight must be {dim}-D, got {weight.dim()}-D")
+    torch._check(weight.shape[-1] == weight.shape[-2], lambda: "gconv_ext: weight must have a square kernel")
+    torch._check(input.shape[1] == weight.shape[1],
+                 lambda: f"gconv_ext: input has {input.shape[1]} channels but weight expects {weight.shape[1]}")
+    if not lifting:
+        torch._check(input.shape[2] == n, lambda: f"gconv_ext: input.shape[2] must be |G| = {n}")
+        torch._check(weight.shape[2] == n, lambda: f"gconv_ext: weight.shape[2] must be |G| = {n}")
+    torch._check(input.dtype == weight.dtype, lambda: "gconv_ext: input and weight must have the same dtype")
+    torch._check(len(stride) == 2 and len(padding) == 2 and len(dilation) == 2,
+                 lambda: "gconv_ext: stride, padding and dilation must have 2 elements")
+    k = weight.shape[-1]
+    for i in range(2):
+        size = input.shape[-2 + i]
+        # H' = (H + 2p - d(k-1) - 1) // s + 1
+        torch._check(size + 2 * padding[i] - dilation[i] * (k - 1) - 1 >= 0,
+                     lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k} with "
+                             f"padding {padding[i]} and dilation {dilation[i]}")
+    return n
+
+
+def _planar(lifting: bool, x: torch.Tensor) -> torch.Tensor:
+    return x if lifting else x.reshape(x.shape[0], x.shape[1] * x.shape[2], x.shape[3], x.shape[4])
+
+
+def _expanded_like(lifting: bool, weight: torch.Tensor, n: int) -> torch.Tensor:
+    co, ci, k = weight.shape[0], weight.shape[1], weight.shape[-1]
+    return weight.new_empty((co * n, ci if lifting else ci * n, k, k))
+
+
+def _fake_forward(lifting, input, weight, bias, rotations, reflections, disk_mask, stride, padding, dilation):
+    n = _check_shapes(lifting, input, weight, rotations, reflections, stride, padding, dilation)
+    co = weight.shape[0]
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == co, lambda: f"gconv_ext: bias must have shape [{co}]")
+    folded = None if bias is None else bias.new_empty((co * n,))
+    out = torch.ops.aten.convolution(_planar(lifting, input), _expanded_like(lifting, weight, n), folded,
+                                     stride, padding, dilation, False, _NO_OUTPUT_PADDING, 1)
+    return out.reshape(out.shape[0], co, n, out.shape[2], out.shape[3])
+
+
+def _fake_backward(lifting, grad_out, input, weight, rotations, reflections, disk_mask, stride, padding, dilation,
+                   output_mask):
+    n = _check_shapes(lifting, input, weight, rotations, reflections, stride, padding, dilation)
+    co = weight.shape[0]
+    torch._check(grad_out.dim() == 5 and grad_out.shape[1] == co and grad_out.shape[2] == n,
+                 lambda: f"gconv_ext: grad_out must have shape [B, {co}, {n}, H', W']")
+    grad_input = None
+    if output_mask[0]:
+        go = grad_out.reshape(grad_out.shape[0], co * n, grad_out.shape[3], grad_out.shape[4])
+        grad_input, _, _ = torch.ops.aten.convolution_backward(
+            go, _planar(lifting, input), _expanded_like(lifting, weight, n), None, stride, padding, dilation, False,
+            _NO_OUTPUT_PADDING, 1, [True, False, False])
+        grad_input = grad_input.reshape(input.shape)
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_bias = weight.new_empty((co,)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+def _register() -> None:
+    ops = torch.ops.gconv_ext
+
+    for lifting, fwd, bwd in ((True, ops.lifting_conv2d, ops.lifting_conv2d_backward),
+                              (False, ops.group_conv2d, ops.group_conv2d_backward)):
+        torch.library.register_fake(fwd._qualified_op_name,
+                                    lambda *args, _lifting=lifting: _fake_forward(_lifting, *args))
+        torch.library.register_fake(bwd._qualified_op_name,
+                                    lambda *args, _lifting=lifting: _fake_backward(_lifting, *args))
+
+        def setup_forward(ctx, inputs, output):
+            input, weight, bias, *args = inputs
+            ctx.save_for_backward(input, weight)
+            ctx.args = args  # rotations, reflections, disk_mask, stride, padding, dilation
+            ctx.has_bias = bias is not None
+
+        def backward_of_forward(ctx, grad, _bwd=bwd):
+            input, weight = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            mask = [need[0], need[1], ctx.has_bias and need[2]]
+            if not any(mask):
+                return (None,) * 9
+            grad_input, grad_weight, grad_bias = _bwd(grad, input, weight, *ctx.args, mask)
+            return (grad_input, grad_weight, grad_bias) + (None,) * 6
+
+        def setup_backward(ctx, inputs, output):
+            grad_out, input, weight, *args = inputs
+            ctx.save_for_backward(grad_out, input, weight)
+            ctx.args = args[:-1]  # without output_mask
+
+        def backward_of_backward(ctx, gg_input, gg_weight, gg_bias, _fwd=fwd, _bwd=bwd):
+            # Outputs: grad_input = D_x^T go (linear in go, weight), grad_weight = T^* D_w^T(go, x)
+            # (bilinear in go, input), grad_bias = sum(go). Their adjoints are the ops themselves.
+            grad_out, input, weight = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            g_grad_out = g_input = g_weight = None
+            if need[0]:
+                terms = []
+                if gg_input is not None:
+                    terms.append(_fwd(gg_input, weight, None, *ctx.args))
+                if gg_weight is not None:
+                    terms.append(_fwd(input, gg_weight, gg_bias, *ctx.args))
+                elif gg_bias is not None:
+                    terms.append(gg_bias.view(1, -1, 1, 1, 1).expand(grad_out.shape))
+                g_grad_out = sum(terms[1:], terms[0]) if terms else None
+            if need[1] and gg_weight is not None:
+                g_input = _bwd(grad_out, input, gg_weight, *ctx.args, [True, False, False])[0]
+            if need[2] and gg_input is not None:
+                g_weight = _bwd(grad_out, gg_input, weight, *ctx.args, [False, True, False])[1]
+            return (g_grad_out, g_input, g_weight) + (None,) * 7
+
+        torch.library.register_autograd(fwd._qualified_op_name, backward_of_forward, setup_context=setup_forward)
+        torch.library.register_autograd(bwd._qualified_op_name, backward_of_backward, setup_context=setup_backward)
+
 
 if _extension.available():
-    from .conv_ops import _register
-
     _register()

@@ -44,10 +44,10 @@ def lift_filter(weight: torch.Tensor, group: Group | str, disk_mask: bool = Fals
     """
     group = group_from_name(group)
     _check_filter(weight, "weight", 4, "[C_out, C_in, k, k]")
-    if not _extension.available():
-        _extension.warn_if_unavailable()
+    op = _extension.compiled_op("lift_filter")
+    if op is None:
         return reference.lift_filter(weight, group, disk_mask)
-    return torch.ops.gconv_ext.lift_filter(weight, group.rotations, group.reflections, bool(disk_mask))
+    return op(weight, group.rotations, group.reflections, bool(disk_mask))
 
 
 def group_filter(weight: torch.Tensor, group: Group | str, disk_mask: bool = False) -> torch.Tensor:
@@ -59,10 +59,10 @@ def group_filter(weight: torch.Tensor, group: Group | str, disk_mask: bool = Fal
     group = group_from_name(group)
     _check_filter(weight, "weight", 5, "[C_out, C_in, |G|, k, k]")
     _check_order(weight, "weight", 2, group)
-    if not _extension.available():
-        _extension.warn_if_unavailable()
+    op = _extension.compiled_op("group_filter")
+    if op is None:
         return reference.group_filter(weight, group, disk_mask)
-    return torch.ops.gconv_ext.group_filter(weight, group.rotations, group.reflections, bool(disk_mask))
+    return op(weight, group.rotations, group.reflections, bool(disk_mask))
 
 
 # -- registration (fake kernels and autograd), only when the compiled ops exist --------------------

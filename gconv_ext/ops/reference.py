@@ -109,10 +109,6 @@ def group_filter(weight: torch.Tensor, group: Group, disk: bool = False) -> torc
     return out.reshape(co, n, ci, n, k, k)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
-
-
 def lifting_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, group: Group, stride=1,
                    padding=0, dilation=1, disk_mask: bool = False) -> torch.Tensor:
     """Reference lifting convolution, unfused: lift the filter, one planar ``F.conv2d``, shared bias.
@@ -122,7 +118,7 @@ def lifting_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """
     w = lift_filter(weight, group, disk_mask)  # [C_out, G, C_in, k, k]
     co, n, ci, k, _ = w.shape
-    out = F.conv2d(x, w.reshape(co * n, ci, k, k), None, _pair(stride), _pair(padding), _pair(dilation))
+    out = F.conv2d(x, w.reshape(co * n, ci, k, k), None, stride, padding, dilation)
     out = out.view(out.shape[0], co, n, out.shape[-2], out.shape[-1])
     return out if bias is None else out + bias.view(1, co, 1, 1, 1)
 
@@ -136,7 +132,7 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     w = group_filter(weight, group, disk_mask)  # [C_out, G, C_in, G, k, k]
     co, n, ci, _, k, _ = w.shape
     out = F.conv2d(x.reshape(x.shape[0], ci * n, x.shape[-2], x.shape[-1]), w.reshape(co * n, ci * n, k, k), None,
-                   _pair(stride), _pair(padding), _pair(dilation))
+                   stride, padding, dilation)
     out = out.view(out.shape[0], co, n, out.shape[-2], out.shape[-1])
     return out if bias is None else out + bias.view(1, co, 1, 1, 1)
 

@@ -1,0 +1,173 @@
+"""Spatial pooling that keeps the group axis (functional API).
+
+* ``group_max_pool2d(x, kernel_size, stride=None, padding=0)``
+* ``group_avg_pool2d(x, kernel_size, stride=None, padding=0)``
+
+``x[B, C, |G|, H, W] -> [B, C, |G|, H', W']`` with ``H' = (H + 2p - k) // s + 1`` (also ``[B, C, H, W]``:
+every ``[H, W]`` plane is pooled on its own). Pooling each group slice alike commutes with rotating the
+input when the size is exact (see :func:`gconv_ext.nn.check_exact`). Custom C++/CUDA operators; the max
+gradient goes to the first maximal element of each window in row-major order (deterministic).
+
+The C++ ops ``torch.ops.gconv_ext.group_{max,avg}_pool2d(input, kernel_size, stride, padding)``, with
+``group_max_pool2d_backward(grad_out, input, ...)`` (argmax recomputed, no stored indices),
+``group_avg_pool2d_backward(grad_out, input_size, ...)`` and ``group_max_pool2d_gather(values, input, ...)``
+(``values`` at each window's argmax of ``input``: the adjoint of the max backward), get their fake kernels
+and autograd at the bottom of this file, so every derivative is again one of these ops.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import _extension
+from .._args import int_pair
+from . import reference
+
+__all__ = ["group_max_pool2d", "group_avg_pool2d"]
+
+IntOr2 = int | Sequence[int]
+
+
+def _pool_params(x, kernel_size, stride, padding):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (4, 5):
+        raise ValueError(f"gconv_ext: input must be a 5-D group map [B, C, |G|, H, W] or a 4-D tensor [B, C, H, W], "
+                         f"got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
+    k = int_pair("gconv_ext", "kernel_size", kernel_size, 1)
+    s = k if stride is None else int_pair("gconv_ext", "stride", stride, 1)
+    p = int_pair("gconv_ext", "padding", padding, 0)
+    if any(2 * pi > ki for pi, ki in zip(p, k)):
+        raise ValueError(f"gconv_ext: padding must be at most half the kernel size, got padding={padding!r} for "
+                         f"kernel_size={kernel_size!r}")
+    h, w = x.shape[-2], x.shape[-1]
+    if h < 1 or w < 1 or h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
+        raise ValueError(f"gconv_ext: input spatial size {h}x{w} is too small for kernel_size={kernel_size!r} "
+                         f"with padding={padding!r}")
+    return list(k), list(s), list(p)
+
+
+def group_max_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None = None,
+                     padding: IntOr2 = 0) -> torch.Tensor:
+    """Spatial max pooling of every group slice: ``[B, C, |G|, H, W] -> [B, C, |G|, H', W']``.
+
+    ``stride`` defaults to ``kernel_size``; ``padding`` (at most half the kernel) counts as -inf. NaNs
+    propagate. The gradient goes to the first maximal element of each window (row-major order), found
+    again in the backward (no stored indices); differentiable twice.
+    """
+    k, s, p = _pool_params(x, kernel_size, stride, padding)
+    op = _extension.compiled_op("group_max_pool2d")
+    return reference.group_max_pool2d(x, k, s, p) if op is None else op(x, k, s, p)
+
+
+def group_avg_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None = None,
+                     padding: IntOr2 = 0) -> torch.Tensor:
+    """Spatial average pooling of every group slice, like :func:`group_max_pool2d`; zero padding is
+    counted (``count_include_pad=True``: every window divides by ``k_h * k_w``)."""
+    k, s, p = _pool_params(x, kernel_size, stride, padding)
+    op = _extension.compiled_op("group_avg_pool2d")
+    return reference.group_avg_pool2d(x, k, s, p) if op is None else op(x, k, s, p)
+
+
+# -- registration (fake kernels and autograd), only when the compiled ops exist --------------------
+
+def _register() -> None:
+    ops = torch.ops.gconv_ext
+
+    def out_shape(input_shape, kernel_size, stride, padding):
+        shape = list(input_shape)
+        torch._check(len(shape) in (4, 5), lambda: f"gconv_ext: input must be 4-D or 5-D, got {len(shape)}-D")
+        torch._check(len(kernel_size) == 2 and len(stride) == 2 and len(padding) == 2,
+                     lambda: "gconv_ext: kernel_size, stride and padding must have 2 elements")
+        torch._check(min(kernel_size) >= 1 and min(stride) >= 1 and min(padding) >= 0,
+                     lambda: "gconv_ext: kernel_size and stride must be >= 1, padding >= 0")
+        for d in range(2):
+            size, k, s, p = shape[-2 + d], kernel_size[d], stride[d], padding[d]
+            torch._check(2 * p <= k, lambda: "gconv_ext: padding must be at most half the kernel size")
+            torch._check(size >= 1 and size + 2 * p >= k,
+                         lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k}, padding {p}")
+            shape[-2 + d] = (size + 2 * p - k) // s + 1
+        return shape
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d")
+    def _(input, kernel_size, stride, padding):
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_avg_pool2d")
+    def _(input, kernel_size, stride, padding):
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_gather")
+    def _(values, input, kernel_size, stride, padding):
+        torch._check(values.shape == input.shape, lambda: "gconv_ext: values must have the shape of input")
+        torch._check(values.dtype == input.dtype, lambda: "gconv_ext: values must have the dtype of input")
+        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_backward")
+    def _(grad_out, input, kernel_size, stride, padding):
+        expected = out_shape(input.shape, kernel_size, stride, padding)
+        torch._check(list(grad_out.shape) == expected,
+                     lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
+        torch._check(grad_out.dtype == input.dtype, lambda: "gconv_ext: grad_out must have the dtype of input")
+        return input.new_empty(input.shape)
+
+    @torch.library.register_fake("gconv_ext::group_avg_pool2d_backward")
+    def _(grad_out, input_size, kernel_size, stride, padding):
+        expected = out_shape(input_size, kernel_size, stride, padding)
+        torch._check(list(grad_out.shape) == expected,
+                     lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
+        return grad_out.new_empty(input_size)
+
+    # Autograd. The max backward and the gather are linear in grad_out / values and adjoint to each
+    # other; both depend on input only through the argmax (piecewise constant: zero derivative almost
+    # everywhere). The avg forward and backward are linear and adjoint to each other.
+    def setup_max(ctx, inputs, output):
+        input, *ctx.params = inputs
+        ctx.save_for_backward(input)
+
+    def backward_max(ctx, grad):
+        (input,) = ctx.saved_tensors
+        return ops.group_max_pool2d_backward(grad, input, *ctx.params), None, None, None
+
+    def setup_max_linear(ctx, inputs, output):  # max backward (grad_out, input, ..) and gather (values, input, ..)
+        _, input, *ctx.params = inputs
+        ctx.save_for_backward(input)
+
+    def backward_max_backward(ctx, gg):
+        (input,) = ctx.saved_tensors
+        g = ops.group_max_pool2d_gather(gg, input, *ctx.params) if ctx.needs_input_grad[0] else None
+        return g, None, None, None, None
+
+    def backward_gather(ctx, grad):
+        (input,) = ctx.saved_tensors
+        g = ops.group_max_pool2d_backward(grad, input, *ctx.params) if ctx.needs_input_grad[0] else None
+        return g, None, None, None, None
+
+    def setup_avg(ctx, inputs, output):
+        input, *ctx.params = inputs
+        ctx.input_size = list(input.shape)
+
+    def backward_avg(ctx, grad):
+        return ops.group_avg_pool2d_backward(grad, ctx.input_size, *ctx.params), None, None, None
+
+    def setup_avg_backward(ctx, inputs, output):
+        _, _, *ctx.params = inputs
+
+    def backward_avg_backward(ctx, gg):
+        return ops.group_avg_pool2d(gg, *ctx.params), None, None, None, None
+
+    torch.library.register_autograd("gconv_ext::group_max_pool2d", backward_max, setup_context=setup_max)
+    torch.library.register_autograd("gconv_ext::group_max_pool2d_backward", backward_max_backward,
+                                    setup_context=setup_max_linear)
+    torch.library.register_autograd("gconv_ext::group_max_pool2d_gather", backward_gather,
+                                    setup_context=setup_max_linear)
+    torch.library.register_autograd("gconv_ext::group_avg_pool2d", backward_avg, setup_context=setup_avg)
+    torch.library.register_autograd("gconv_ext::group_avg_pool2d_backward", backward_avg_backward,
+                                    setup_context=setup_avg_backward)
+
+
+if _extension.available():
+    _register()
