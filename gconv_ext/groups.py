@@ -22,6 +22,7 @@ import math
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["Group", "CyclicGroup", "DihedralGroup", "group_from_name"]
 
@@ -155,8 +156,6 @@ class Group:
             x = torch.flip(x, dims=(-1,))
         if (4 * r) % self._n == 0:
             return torch.rot90(x, 4 * r // self._n, dims=(-2, -1))
-        from .ops.reference import rotate_bilinear  # local import: ops depends on groups
-
         return rotate_bilinear(x, self.angle(self.index(0, r)))
 
     def act(self, g: int, x: torch.Tensor, group_dim: int | None = 2) -> torch.Tensor:
@@ -164,6 +163,27 @@ class Group:
         ``[..., H, W]`` when ``group_dim`` is None."""
         y = self.act_on_plane(g, x)
         return y if group_dim is None else self.act_on_group_axis(g, y, group_dim)
+
+
+def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate the last two (square) dims counter-clockwise by ``angle`` radians about the centre:
+    ``out(p) = x(R^-1 p)``, bilinear, zero fill; the same sampling as the filter transform (the plane
+    action of :meth:`Group.act_on_plane` at angles that are not multiples of 90 degrees). In pixel space
+    this is the rotation of :func:`gconv_ext.data.transforms.rotate` (``align_corners`` differs, the
+    pixel-space map does not; pinned by a test)."""
+    h, w = x.shape[-2:]
+    if h != w:
+        raise ValueError(f"rotate_bilinear needs square spatial dims, got {h}x{w}")
+    if h == 1:
+        return x.clone()
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, h, w)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # grid coordinates are (x right, y down): conjugating R^-1 by the y-flip gives R itself
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=flat.dtype, device=flat.device)
+    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=True)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.reshape(*lead, h, w)
 
 
 def _cos_sin(r: int, n: int) -> tuple[float, float]:

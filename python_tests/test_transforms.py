@@ -167,3 +167,34 @@ def test_random_rotation_is_seeded() -> None:
     assert a1.shape == (16,) and a1.dtype == torch.float64
     assert bool(((a1 >= 0) & (a1 < 360)).all())
     assert torch.equal(y1, rotate(x, a1))
+
+
+@pytest.mark.parametrize("angle", [10.0, 45.0, 137.0, 300.0])
+def test_data_rotation_is_the_group_plane_action_in_pixel_space(angle) -> None:
+    # The data rotation (align_corners=False, degrees) and the plane action used by the filter transform and
+    # Group.act_on_plane (align_corners=True, radians) are one map in pixel space: random content up to the
+    # border, float64, so the only difference is rounding of the source positions (interp_atol).
+    x = _rand(3, 2, 17, 17, seed=5).to(F64)
+    want = reference.rotate_bilinear(x, math.radians(angle))
+    torch.testing.assert_close(rotate(x, angle), want, rtol=0, atol=interp_atol(17, 1.0))
+    if angle == 45.0:
+        from gconv_ext.groups import Group  # noqa: PLC0415
+
+        torch.testing.assert_close(Group(8).act_on_plane(1, x), want, rtol=0, atol=0)
+
+
+def test_data_rotation_algorithm_is_pinned() -> None:
+    # Committed results and resumed runs depend on the data rotation bit for bit: it must stay rot90 for
+    # multiples of 90 degrees and ONE batched affine_grid + grid_sample (bilinear, zeros, align_corners=False)
+    # with this float64 matrix cast to the image dtype otherwise. Recomputed here from those ops, so the pin
+    # holds on any CPU (the same ops round the same way in one process).
+    x = _rand(4, 1, 28, 28, seed=7)
+    angles = torch.tensor([90.0, 33.3, 271.0, -45.0], dtype=F64)
+    got = rotate(x, angles)
+    assert torch.equal(got[0], torch.rot90(x[0], 1, dims=(-2, -1)))
+    rad = angles[1:] * (math.pi / 180.0)
+    c, s, z = torch.cos(rad), torch.sin(rad), torch.zeros(3, dtype=F64)
+    theta = torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1)], -2).to(x.dtype)
+    grid = torch.nn.functional.affine_grid(theta, [3, 1, 28, 28], align_corners=False)
+    want = torch.nn.functional.grid_sample(x[1:], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    assert torch.equal(got[1:], want)

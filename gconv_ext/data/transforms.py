@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rotate", "flip", "random_rotation", "rotation_theta"]
+__all__ = ["rotate", "flip", "random_rotation", "rotation_affine_theta"]
 
 
 def _angles_tensor(angles_deg: Tensor | float | int, batch: int) -> Tensor:
@@ -37,13 +37,14 @@ def _angles_tensor(angles_deg: Tensor | float | int, batch: int) -> Tensor:
     raise TypeError(f"angles_deg must be a float or a Tensor, got {type(angles_deg).__name__}")
 
 
-def rotation_theta(angles_deg: Tensor, height: int, width: int) -> Tensor:
+def rotation_affine_theta(angles_deg: Tensor, height: int, width: int) -> Tensor:
     """Affine matrices [B,2,3] (float64) for ``F.affine_grid`` rotating counter-clockwise as displayed.
 
     In the normalised grid coordinates (x to the right, y *down*), the output
     pixel at (x, y) samples the input at ``(c*x - s*(H/W)*y, s*(W/H)*x + c*y)``,
     i.e. a rotation in pixel units about the centre (the H/W factors keep
-    non-square images undistorted).
+    non-square images undistorted). Angles in degrees; not to be confused with the STN's
+    :func:`gconv_ext.models.rotation_theta` (radians, square grids, the warp the network applies).
     """
     rad = angles_deg.to(torch.float64) * (math.pi / 180.0)
     c, s = torch.cos(rad), torch.sin(rad)
@@ -99,7 +100,7 @@ def rotate(images: Tensor, angles_deg: Tensor | float | int) -> Tensor:
     interp = ~exact
     if bool(interp.any()):
         idx = interp.nonzero(as_tuple=True)[0]
-        theta = rotation_theta(angles[idx], height, width)
+        theta = rotation_affine_theta(angles[idx], height, width)
         idx = idx.to(images.device)
         part = images.index_select(0, idx)
         theta = theta.to(device=images.device, dtype=images.dtype)

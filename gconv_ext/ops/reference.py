@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..groups import Group
+from ..groups import Group, rotate_bilinear  # noqa: F401  (rotate_bilinear: re-exported, it lives with the group)
 
 __all__ = [
     "transform_matrix",
@@ -158,24 +158,6 @@ def group_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> to
 def group_avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
     """Reference spatial average pooling of every group slice (``F.avg_pool2d``, zero padding counted)."""
     return _spatial_pool(F.avg_pool2d, x, kernel_size, kernel_size if stride is None else stride, padding)
-
-
-def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate the last two (square) dims counter-clockwise by ``angle`` radians about the centre:
-    ``out(p) = x(R^-1 p)``, bilinear, zero fill; the same sampling as the filter transform."""
-    h, w = x.shape[-2:]
-    if h != w:
-        raise ValueError(f"rotate_bilinear needs square spatial dims, got {h}x{w}")
-    if h == 1:
-        return x.clone()
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, h, w)
-    cos, sin = math.cos(angle), math.sin(angle)
-    # grid coordinates are (x right, y down): conjugating R^-1 by the y-flip gives R itself
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=flat.dtype, device=flat.device)
-    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=True)
-    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.reshape(*lead, h, w)
 
 
 # -- the study's way (benchmark baselines only) ------------------------------------------------
