@@ -2,9 +2,14 @@
 // convolution through ATen (oneDNN on CPU, cuDNN on CUDA) with the bias folded in (repeated |G| times),
 // and the explicit backward: one at::convolution_backward for the input, weight and bias gradients,
 // then the adjoint transform on the weight gradient. The expanded filter is recomputed in the backward,
-// never saved. Device-generic: only ATen calls and the device-dispatching transform functions.
+// never saved. Device-generic: only ATen calls and the transform ops (through the dispatcher, which picks
+// the backend), so the two ops and their backward ops are registered once, under CompositeExplicitAutograd;
+// their autograd and fake kernels are in gconv_ext/ops/conv.py.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 
+#include "gconv_ext/checks.h"
 #include "gconv_ext/ops.h"
 
 namespace gconv_ext {
@@ -19,45 +24,43 @@ struct ConvKind {
 constexpr ConvKind kLifting{true, "[B, C_in, H, W]", "[C_out, C_in, k, k]"};
 constexpr ConvKind kGroup{false, "[B, C_in, |G|, H, W]", "[C_out, C_in, |G|, k, k]"};
 
-void check_params(c10::SymIntArrayRef v, const char* name, int64_t min) {
-  TORCH_CHECK_VALUE(v.size() == 2, "gconv_ext: ", name, " must have 2 elements, got ", v.size());
-  for (const auto& e : v) {
-    TORCH_CHECK_VALUE(e >= min, "gconv_ext: ", name, " must be >= ", min, ", got ", v);
-  }
+using TransformFn = at::Tensor(const at::Tensor&, int64_t, bool, bool);
+
+// The transform ops, called through the dispatcher (the backend's kernel, below autograd).
+at::Tensor call_transform(const char* name, const at::Tensor& t, int64_t rotations, bool reflections, bool disk_mask) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<TransformFn>()
+      .call(t, rotations, reflections, disk_mask);
 }
 
 void check_conv(const ConvKind& kind, const at::Tensor& input, const at::Tensor& weight, int64_t rotations,
                 bool reflections, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
                 c10::SymIntArrayRef dilation) {
-  TORCH_CHECK_VALUE(rotations >= 1, "gconv_ext: rotations (N of C_N/D_N) must be >= 1, got ", rotations);
-  const int64_t order = group_order(rotations, reflections);
+  check_group(rotations);
   const int64_t in_dim = kind.lifting ? 4 : 5;
   TORCH_CHECK_VALUE(input.dim() == in_dim, "gconv_ext: input must be a ", in_dim, "-D tensor ", kind.input_layout,
                     ", got shape ", input.sizes());
   TORCH_CHECK_VALUE(weight.dim() == in_dim, "gconv_ext: weight must be a ", in_dim, "-D tensor ",
                     kind.weight_layout, ", got shape ", weight.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "gconv_ext: input must be a floating-point tensor, got ", input.scalar_type());
+  check_floating(input, "input");
   TORCH_CHECK_TYPE(input.scalar_type() == weight.scalar_type(), "gconv_ext: input and weight must have the same dtype, got ",
                    input.scalar_type(), " and ", weight.scalar_type());
   TORCH_CHECK(input.device() == weight.device(), "gconv_ext: input and weight must be on the same device, got ",
               input.device(), " and ", weight.device());
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "gconv_ext: input has ", input.size(1),
                     " channels but weight expects C_in = ", weight.size(1));
-  if (!kind.lifting) {
-    TORCH_CHECK_VALUE(input.size(2) == order, "gconv_ext: input.shape[2] must be the group order |G| = ", order,
-                      " for ", (reflections ? "D" : "C"), rotations, ", got ", input.size(2));
-  }
-  check_params(stride, "stride", 1);
-  check_params(padding, "padding", 0);
-  check_params(dilation, "dilation", 1);
+  if (!kind.lifting) check_order(input, "input", 2, rotations, reflections);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
+  check_pair(dilation, "dilation", 1);
 }
 
 // The expanded filter as a planar convolution weight: [C_out * |G|, C_in (* |G|), k, k].
 at::Tensor expand_filter(const ConvKind& kind, const at::Tensor& weight, int64_t rotations, bool reflections,
                          bool disk_mask) {
-  const at::Tensor w = kind.lifting ? lift_filter(weight, rotations, reflections, disk_mask)
-                                    : group_filter(weight, rotations, reflections, disk_mask);
+  const at::Tensor w = call_transform(kind.lifting ? "gconv_ext::lift_filter" : "gconv_ext::group_filter", weight,
+                                      rotations, reflections, disk_mask);
   const int64_t order = group_order(rotations, reflections), k = weight.size(-1);
   return w.view({weight.size(0) * order, -1, k, k});
 }
@@ -77,10 +80,7 @@ at::Tensor conv_forward(const ConvKind& kind, const at::Tensor& input, const at:
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c_out, "gconv_ext: bias must have shape [C_out] = [",
                       c_out, "], got ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == weight.scalar_type(), "gconv_ext: bias must have the dtype of weight (",
-                     weight.scalar_type(), "), got ", bias->scalar_type());
-    TORCH_CHECK(bias->device() == weight.device(), "gconv_ext: bias must be on the device of weight (",
-                weight.device(), "), got ", bias->device());
+    check_like(*bias, "bias", weight, "weight");
     // Shared across the group axis: output channel c * |G| + g gets bias[c].
     folded_bias = bias->unsqueeze(1).expand({c_out, order}).reshape({c_out * order});
   }
@@ -101,8 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
                         grad_out.size(2) == order,
                     "gconv_ext: grad_out must have shape [B, C_out, |G|, H', W'] = [", input.size(0), ", ", c_out,
                     ", ", order, ", H', W'], got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == input.scalar_type(), "gconv_ext: grad_out must have the dtype of input (",
-                   input.scalar_type(), "), got ", grad_out.scalar_type());
+  check_like(grad_out, "grad_out", input, "input");
   const at::Tensor w = expand_filter(kind, weight, rotations, reflections, disk_mask);
   const at::Tensor go =
       grad_out.reshape({grad_out.size(0), c_out * order, grad_out.size(3), grad_out.size(4)});
@@ -116,43 +115,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   if (grad_weight.defined()) {
     const int64_t c_in = weight.size(1), k = weight.size(-1);
     grad_weight = kind.lifting
-                      ? lift_filter_backward(grad_weight.reshape({c_out, order, c_in, k, k}), rotations, reflections,
-                                             disk_mask)
-                      : group_filter_backward(grad_weight.reshape({c_out, order, c_in, order, k, k}), rotations,
-                                              reflections, disk_mask);
+                      ? call_transform("gconv_ext::lift_filter_backward", grad_weight.reshape({c_out, order, c_in, k, k}),
+                                       rotations, reflections, disk_mask)
+                      : call_transform("gconv_ext::group_filter_backward",
+                                       grad_weight.reshape({c_out, order, c_in, order, k, k}), rotations, reflections,
+                                       disk_mask);
   }
   if (grad_bias.defined()) grad_bias = grad_bias.view({c_out, order}).sum(1);
   return {grad_input, grad_weight, grad_bias};
 }
 
+// The kernels as registered: the kind fixed at compile time.
+template <const ConvKind& kind>
+at::Tensor conv_forward_kernel(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride,
+                               c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation) {
+  return conv_forward(kind, input, weight, bias, rotations, reflections, disk_mask, stride, padding, dilation);
+}
+
+template <const ConvKind& kind>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_kernel(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, int64_t rotations,
+    bool reflections, bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
+  return conv_backward(kind, grad_out, input, weight, rotations, reflections, disk_mask, stride, padding, dilation,
+                       output_mask);
+}
+
 }  // namespace
 
-at::Tensor lifting_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride,
-                          c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation) {
-  return conv_forward(kLifting, input, weight, bias, rotations, reflections, disk_mask, stride, padding, dilation);
-}
-
-at::Tensor group_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                        int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride,
-                        c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation) {
-  return conv_forward(kGroup, input, weight, bias, rotations, reflections, disk_mask, stride, padding, dilation);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lifting_conv2d_backward(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, int64_t rotations,
-    bool reflections, bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
-  return conv_backward(kLifting, grad_out, input, weight, rotations, reflections, disk_mask, stride, padding, dilation,
-                       output_mask);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> group_conv2d_backward(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, int64_t rotations,
-    bool reflections, bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
-  return conv_backward(kGroup, grad_out, input, weight, rotations, reflections, disk_mask, stride, padding, dilation,
-                       output_mask);
+TORCH_LIBRARY_IMPL(gconv_ext, CompositeExplicitAutograd, m) {
+  m.impl("lifting_conv2d", &conv_forward_kernel<kLifting>);
+  m.impl("lifting_conv2d_backward", &conv_backward_kernel<kLifting>);
+  m.impl("group_conv2d", &conv_forward_kernel<kGroup>);
+  m.impl("group_conv2d_backward", &conv_backward_kernel<kGroup>);
 }
 
 }  // namespace gconv_ext

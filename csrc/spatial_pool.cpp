@@ -1,34 +1,27 @@
 // Spatial pooling that keeps the group axis (max or average over windows of every [H, W] plane of
-// [B, C, |G|, H, W], or of [B, C, H, W]): host checks, layout and the device dispatch to the CPU /
-// CUDA launchers over the shared per-element code (spatial_pool.h).
+// [B, C, |G|, H, W], or of [B, C, H, W]): host checks and layout; the backends' launchers run the shared
+// per-element arithmetic (spatial_pool.h).
 #include <ATen/ATen.h>
 
+#include "gconv_ext/checks.h"
 #include "gconv_ext/ops.h"
 #include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
 namespace {
 
-void check_param(at::IntArrayRef v, const char* name, int64_t min) {
-  TORCH_CHECK_VALUE(v.size() == 2, "gconv_ext: ", name, " must have 2 elements, got ", v.size());
-  TORCH_CHECK_VALUE(v[0] >= min && v[1] >= min, "gconv_ext: ", name, " must be >= ", min, ", got ", v);
-}
-
 void check_map(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 4 || t.dim() == 5, "gconv_ext: ", name,
                     " must be a 5-D group map [B, C, |G|, H, W] or a 4-D tensor [B, C, H, W], got shape ", t.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "gconv_ext: ", name,
-                   " must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu() || t.device().is_cuda(), "gconv_ext: ", name,
-              " must be on a CPU or CUDA device, got ", t.device());
+  check_floating(t, name);
 }
 
 // Checks the parameters and the input size; the geometry of pooling a [.., h, w] plane.
 Pool2dGeom geometry(int64_t h, int64_t w, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                     at::IntArrayRef padding) {
-  check_param(kernel_size, "kernel_size", 1);
-  check_param(stride, "stride", 1);
-  check_param(padding, "padding", 0);
+  check_pair(kernel_size, "kernel_size", 1);
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0);
   for (int d = 0; d < 2; ++d) {
     TORCH_CHECK_VALUE(2 * padding[d] <= kernel_size[d], "gconv_ext: padding must be at most half the kernel size, "
                       "got padding ", padding, " for kernel_size ", kernel_size);
@@ -65,26 +58,9 @@ void check_grad_out(const at::Tensor& grad_out, at::IntArrayRef input_sizes, con
               grad_out.device(), " and ", device);
 }
 
-at::Tensor pool_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                        at::IntArrayRef padding, bool max) {
-  check_map(input, "input");
-  const Pool2dGeom g = geometry_of(input, kernel_size, stride, padding);
-  const at::Tensor in = input.contiguous();
-  at::Tensor out = at::empty(output_sizes(input.sizes(), g), in.options());
-  if (out.numel() == 0) return out;
-#ifdef GCONV_EXT_WITH_CUDA
-  if (in.is_cuda()) {
-    spatial_pool_forward_cuda(in, out, g, max);
-    return out;
-  }
-#endif
-  TORCH_CHECK(in.is_cpu(), "gconv_ext: this build has no CUDA support; got a tensor on ", in.device());
-  spatial_pool_forward_cpu(in, out, g, max);
-  return out;
-}
-
-at::Tensor pool_backward(const at::Tensor& grad_out, const at::Tensor& input, at::IntArrayRef input_sizes,
-                         at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding, bool max) {
+at::Tensor pool_backward(const SpatialPoolLaunchers& run, const at::Tensor& grad_out, const at::Tensor& input,
+                         at::IntArrayRef input_sizes, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, bool max) {
   check_map(grad_out, "grad_out");
   TORCH_CHECK_VALUE(input_sizes.size() == 4 || input_sizes.size() == 5,
                     "gconv_ext: input_size must have 4 or 5 elements, got ", input_sizes);
@@ -95,63 +71,50 @@ at::Tensor pool_backward(const at::Tensor& grad_out, const at::Tensor& input, at
   const at::Tensor in = max ? input.contiguous() : at::Tensor();
   at::Tensor grad_in = at::empty(input_sizes, go.options());
   if (grad_in.numel() == 0) return grad_in;
-#ifdef GCONV_EXT_WITH_CUDA
-  if (go.is_cuda()) {
-    spatial_pool_backward_cuda(go, in, grad_in, g, max);
-    return grad_in;
-  }
-#endif
-  TORCH_CHECK(go.is_cpu(), "gconv_ext: this build has no CUDA support; got a tensor on ", go.device());
-  spatial_pool_backward_cpu(go, in, grad_in, g, max);
+  run.backward(go, in, grad_in, g, max);
   return grad_in;
 }
 
 }  // namespace
 
-at::Tensor group_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                            at::IntArrayRef padding) {
-  return pool_forward(input, kernel_size, stride, padding, true);
-}
-
-at::Tensor group_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                            at::IntArrayRef padding) {
-  return pool_forward(input, kernel_size, stride, padding, false);
-}
-
-at::Tensor group_max_pool2d_backward(const at::Tensor& grad_out, const at::Tensor& input, at::IntArrayRef kernel_size,
-                                     at::IntArrayRef stride, at::IntArrayRef padding) {
+at::Tensor spatial_pool_host(const SpatialPoolLaunchers& run, const at::Tensor& input, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding, bool max) {
   check_map(input, "input");
-  return pool_backward(grad_out, input, input.sizes(), kernel_size, stride, padding, true);
+  const Pool2dGeom g = geometry_of(input, kernel_size, stride, padding);
+  const at::Tensor in = input.contiguous();
+  at::Tensor out = at::empty(output_sizes(input.sizes(), g), in.options());
+  if (out.numel() == 0) return out;
+  run.forward(in, out, g, max);
+  return out;
 }
 
-at::Tensor group_avg_pool2d_backward(const at::Tensor& grad_out, c10::SymIntArrayRef input_size,
-                                     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
-  return pool_backward(grad_out, at::Tensor(), C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride, padding,
-                       false);
+at::Tensor group_max_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
+                                          const at::Tensor& input, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding) {
+  check_map(input, "input");
+  return pool_backward(run, grad_out, input, input.sizes(), kernel_size, stride, padding, true);
 }
 
-at::Tensor group_max_pool2d_gather(const at::Tensor& values, const at::Tensor& input, at::IntArrayRef kernel_size,
-                                   at::IntArrayRef stride, at::IntArrayRef padding) {
+at::Tensor group_avg_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
+                                          c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding) {
+  return pool_backward(run, grad_out, at::Tensor(), C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride,
+                       padding, false);
+}
+
+at::Tensor group_max_pool2d_gather_host(const SpatialPoolLaunchers& run, const at::Tensor& values,
+                                        const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        at::IntArrayRef padding) {
   check_map(input, "input");
   check_map(values, "values");
   TORCH_CHECK_VALUE(values.sizes() == input.sizes(), "gconv_ext: values must have the shape of input ",
                     input.sizes(), ", got ", values.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == input.scalar_type(), "gconv_ext: values must have the dtype of input (",
-                   input.scalar_type(), "), got ", values.scalar_type());
-  TORCH_CHECK(values.device() == input.device(), "gconv_ext: values and input must be on the same device, got ",
-              values.device(), " and ", input.device());
+  check_like(values, "values", input, "input");
   const Pool2dGeom g = geometry_of(input, kernel_size, stride, padding);
   const at::Tensor in = input.contiguous(), vals = values.contiguous();
   at::Tensor out = at::empty(output_sizes(input.sizes(), g), in.options());
   if (out.numel() == 0) return out;
-#ifdef GCONV_EXT_WITH_CUDA
-  if (in.is_cuda()) {
-    spatial_pool_gather_cuda(vals, in, out, g);
-    return out;
-  }
-#endif
-  TORCH_CHECK(in.is_cpu(), "gconv_ext: this build has no CUDA support; got a tensor on ", in.device());
-  spatial_pool_gather_cpu(vals, in, out, g);
+  run.gather(vals, in, out, g);
   return out;
 }
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "gconv_ext/filter_transform.h"
-#include "gconv_ext/ops.h"
+#include "gconv_ext/register.h"
 
 namespace gconv_ext {
 namespace {
@@ -125,7 +125,6 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
   });
 }
 
-}  // namespace
 
 void transform_forward_cpu(const at::Tensor& in, at::Tensor& out, const DevicePlan& plan, const TransformSizes& s) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_transform_forward_cpu", [&] {
@@ -142,5 +141,11 @@ void transform_backward_cpu(const at::Tensor& grad_out, at::Tensor& grad_in, con
                             s.c_out, s.c_in, s.gin);
   });
 }
+
+constexpr TransformLaunchers kCpuTransform{&transform_forward_cpu, &transform_backward_cpu};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) { register_filter_transforms<kCpuTransform>(m); }
 
 }  // namespace gconv_ext

@@ -4,9 +4,11 @@
 #include <ATen/Parallel.h>
 
 #include "gconv_ext/group_pool.h"
-#include "gconv_ext/ops.h"
+#include "gconv_ext/register.h"
 
 namespace gconv_ext {
+
+namespace {
 
 void group_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, int64_t order, int64_t hw, bool max) {
   const int64_t n = out.numel();
@@ -33,5 +35,11 @@ void group_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& in, a
     });
   });
 }
+
+constexpr GroupPoolLaunchers kCpuGroupPool{&group_pool_forward_cpu, &group_pool_backward_cpu};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) { register_group_pool<kCpuGroupPool>(m); }
 
 }  // namespace gconv_ext

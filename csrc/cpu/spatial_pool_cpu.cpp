@@ -22,7 +22,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "gconv_ext/ops.h"
+#include "gconv_ext/register.h"
 #include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
@@ -239,7 +239,6 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_
   });
 }
 
-}  // namespace
 
 void spatial_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_cpu", [&] {
@@ -263,5 +262,12 @@ void spatial_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& in,
                             grad_in.mutable_data_ptr<scalar_t>(), grad_in.numel() / (g.h * g.w), g, max);
   });
 }
+
+constexpr SpatialPoolLaunchers kCpuSpatialPool{&spatial_pool_forward_cpu, &spatial_pool_gather_cpu,
+                                               &spatial_pool_backward_cpu};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) { register_spatial_pool<kCpuSpatialPool>(m); }
 
 }  // namespace gconv_ext

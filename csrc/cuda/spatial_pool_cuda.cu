@@ -1,15 +1,11 @@
 // CUDA launches of the shared per-element spatial-pooling arithmetic (spatial_pool.h): grid-stride
 // kernels, one thread per output element (forward, gather) or per input element (backward: a gather
-// over the covering windows, the argmax recomputed; deterministic, no atomics).
-#include <ATen/Dispatch.h>
+// over the covering windows, the argmax recomputed; deterministic, no atomics), registered for the CUDA
+// dispatch key.
 #include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "gconv_ext/cuda_launch.cuh"
-#include "gconv_ext/ops.h"
+#include "gconv_ext/register.h"
 #include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
@@ -20,7 +16,7 @@ __global__ void spatial_pool_forward_kernel(const scalar_t* __restrict__ in, sca
                                             Pool2dGeom g, bool max) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t per_plane = g.oh * g.ow;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+  GCONV_EXT_GRID_STRIDE_LOOP(i, n) {
     const int64_t p = i / per_plane, o = i % per_plane, oy = o / g.ow, ox = o % g.ow;
     const scalar_t* plane = in + p * g.h * g.w;
     int64_t arg;
@@ -34,7 +30,7 @@ __global__ void spatial_pool_gather_kernel(const scalar_t* __restrict__ values, 
                                            scalar_t* __restrict__ out, int64_t n, Pool2dGeom g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t per_plane = g.oh * g.ow;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+  GCONV_EXT_GRID_STRIDE_LOOP(i, n) {
     const int64_t p = i / per_plane, o = i % per_plane, oy = o / g.ow, ox = o % g.ow;
     int64_t arg;
     max_pool_window<acc_t>(in + p * g.h * g.w, g, oy, ox, &arg);
@@ -47,53 +43,47 @@ __global__ void spatial_pool_backward_kernel(const scalar_t* __restrict__ grad_o
                                              scalar_t* __restrict__ grad_in, int64_t n, Pool2dGeom g, bool max) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t per_plane = g.h * g.w;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+  GCONV_EXT_GRID_STRIDE_LOOP(i, n) {
     const int64_t p = i / per_plane, q = i % per_plane, y = q / g.w, x = q % g.w;
     grad_in[i] = static_cast<scalar_t>(pool_backward_at<acc_t>(grad_out + p * g.oh * g.ow,
                                                                max ? in + p * per_plane : in, g, y, x, max));
   }
 }
 
-}  // namespace
-
 void spatial_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max) {
-  const c10::cuda::CUDAGuard guard(in.device());
   const int64_t n = out.numel();
-  if (n == 0) return;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_cuda", [&] {
-    spatial_pool_forward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+  launch_elementwise(in, n, [&](auto tag, unsigned blocks, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    spatial_pool_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, g, max);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void spatial_pool_gather_cuda(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g) {
-  const c10::cuda::CUDAGuard guard(in.device());
   const int64_t n = out.numel();
-  if (n == 0) return;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_gather_cuda",
-                                  [&] {
-    spatial_pool_gather_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+  launch_elementwise(in, n, [&](auto tag, unsigned blocks, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    spatial_pool_gather_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         values.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void spatial_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in,
                                 const Pool2dGeom& g, bool max) {
-  const c10::cuda::CUDAGuard guard(grad_out.device());
   const int64_t n = grad_in.numel();
-  if (n == 0) return;
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
-                                  "gconv_ext_spatial_pool_backward_cuda", [&] {
-    spatial_pool_backward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
+  launch_elementwise(grad_out, n, [&](auto tag, unsigned blocks, cudaStream_t stream) {
+    using scalar_t = decltype(tag);
+    spatial_pool_backward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
         grad_out.const_data_ptr<scalar_t>(), max ? in.const_data_ptr<scalar_t>() : nullptr,
         grad_in.mutable_data_ptr<scalar_t>(), n, g, max);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
+
+constexpr SpatialPoolLaunchers kCudaSpatialPool{&spatial_pool_forward_cuda, &spatial_pool_gather_cuda,
+                                                &spatial_pool_backward_cuda};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gconv_ext, CUDA, m) { register_spatial_pool<kCudaSpatialPool>(m); }
 
 }  // namespace gconv_ext

@@ -1,0 +1,48 @@
+// Argument checks shared by the host functions of every op family (one home, one wording). Each names the
+// argument and what was expected; ValueError/TypeError in Python (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+
+#include "gconv_ext/plan.h"
+
+namespace gconv_ext {
+
+inline void check_group(int64_t rotations) {
+  TORCH_CHECK_VALUE(rotations >= 1, "gconv_ext: rotations (N of C_N/D_N) must be >= 1, got ", rotations);
+}
+
+// t.size(dim) must be |G| of C_N (D_N when reflections).
+inline void check_order(const at::Tensor& t, const char* name, int64_t dim, int64_t rotations, bool reflections) {
+  const int64_t order = group_order(rotations, reflections);
+  TORCH_CHECK_VALUE(t.size(dim) == order, "gconv_ext: ", name, ".shape[", dim, "] must be the group order |G| = ",
+                    order, " for ", (reflections ? "D" : "C"), rotations, ", got ", t.size(dim));
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "gconv_ext: ", name,
+                   " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", t.scalar_type());
+}
+
+// A stride/padding/dilation/kernel_size argument: 2 elements, each >= min (int64_t or c10::SymInt).
+template <typename T>
+inline void check_pair(c10::ArrayRef<T> v, const char* name, int64_t min) {
+  TORCH_CHECK_VALUE(v.size() == 2, "gconv_ext: ", name, " must have 2 elements, got ", v.size());
+  for (const auto& e : v) {
+    TORCH_CHECK_VALUE(e >= min, "gconv_ext: ", name, " must be >= ", min, ", got ", v);
+  }
+}
+
+// `other` must match `ref` in shape-independent properties: dtype and device.
+inline void check_like(const at::Tensor& other, const char* other_name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(other.scalar_type() == ref.scalar_type(), "gconv_ext: ", other_name, " must have the dtype of ",
+                   ref_name, " (", ref.scalar_type(), "), got ", other.scalar_type());
+  TORCH_CHECK(other.device() == ref.device(), "gconv_ext: ", other_name, " and ", ref_name,
+              " must be on the same device, got ", other.device(), " and ", ref.device());
+}
+
+}  // namespace gconv_ext

@@ -1,0 +1,43 @@
+// The operator schemas: the one TORCH_LIBRARY block. Each backend registers its own kernels at the end of
+// its file (cpu/*.cpp under CPU, cuda/*.cu under CUDA); the device-generic convolutions are registered
+// once under CompositeExplicitAutograd (conv.cpp); autocast in autocast.cpp; fake kernels and autograd in
+// Python (gconv_ext/ops/*.py).
+#include <torch/library.h>
+
+namespace gconv_ext {
+
+TORCH_LIBRARY(gconv_ext, m) {
+  m.def("lift_filter(Tensor weight, int rotations, bool reflections, bool disk_mask) -> Tensor");
+  m.def("lift_filter_backward(Tensor grad, int rotations, bool reflections, bool disk_mask) -> Tensor");
+  m.def("group_filter(Tensor weight, int rotations, bool reflections, bool disk_mask) -> Tensor");
+  m.def("group_filter_backward(Tensor grad, int rotations, bool reflections, bool disk_mask) -> Tensor");
+  m.def(
+      "lifting_conv2d(Tensor input, Tensor weight, Tensor? bias, int rotations, bool reflections, bool disk_mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  m.def(
+      "lifting_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int rotations, bool reflections, "
+      "bool disk_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_conv2d(Tensor input, Tensor weight, Tensor? bias, int rotations, bool reflections, bool disk_mask, "
+      "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation) -> Tensor");
+  m.def(
+      "group_conv2d_backward(Tensor grad_out, Tensor input, Tensor weight, int rotations, bool reflections, "
+      "bool disk_mask, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("group_pool(Tensor input, str mode) -> Tensor");
+  m.def("group_pool_backward(Tensor grad_out, Tensor input, str mode) -> Tensor");
+  m.def("group_max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def("group_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
+  m.def(
+      "group_max_pool2d_backward(Tensor grad_out, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> Tensor");
+  m.def(
+      "group_avg_pool2d_backward(Tensor grad_out, SymInt[] input_size, int[2] kernel_size, int[2] stride, "
+      "int[2] padding) -> Tensor");
+  m.def(
+      "group_max_pool2d_gather(Tensor values, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> Tensor");
+}
+
+}  // namespace gconv_ext
