@@ -8,6 +8,11 @@ error on the real files, 2.28%, is a bar of similar difficulty, not a comparison
 
     python examples/rotated_mnist_gcnn.py --out-dir docs/results/rotmnist-gcnn [--seeds 0,1,2]
 
+The full budget's recipe (``--recipe`` below): the default recipe (AdamW, warm-up + cosine) for 30 epochs,
+with every training digit rotated again by a fresh uniform angle each epoch (``train_rotation="uniform"``: the
+substitute's digits are already rotated, so this only adds views of the same 10,000 digits). ``--epochs 12
+--no-augment`` is the plain default recipe (measured: 3.74% error, seed 0, see the README).
+
 Finished runs (result.json) are reused, interrupted ones resume.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ from gconv_ext.train.evaluate import evaluate_checkpoint
 
 BUDGETS = {
     "smoke": dict(epochs=1, train_limit=256, val_limit=128, test_limit=256, preset="tiny"),
-    "full": dict(epochs=None, train_limit=None, val_limit=None, test_limit=None, preset="C4/4/16"),
+    "full": dict(epochs=30, train_limit=None, val_limit=None, test_limit=None, preset="C4/4/16"),
 }
 
 
@@ -36,15 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None, help="where the substitute is cached")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="default: the budget's (30 for full)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train on the substitute's rotated digits as they are (no extra rotation per epoch)")
     args = p.parse_args(argv)
-    b = BUDGETS[args.budget]
+    b = dict(BUDGETS[args.budget])
+    if args.epochs is not None:
+        b["epochs"] = args.epochs
     out = Path(args.out_dir)
     rows = []
     for seed in args.seeds:
         run_dir = out / f"gcnn-seed{seed}"
         if not (run_dir / "result.json").is_file():
             print(f"seed {seed} -> {run_dir}", file=sys.stderr, flush=True)
-            cfg = TrainConfig(model="gcnn", preset=b["preset"], dataset="rotated-mnist", train_rotation="none",
+            cfg = TrainConfig(model="gcnn", preset=b["preset"], dataset="rotated-mnist",
+                              train_rotation="none" if args.no_augment else "uniform",
                               epochs=b["epochs"], train_limit=b["train_limit"], val_limit=b["val_limit"],
                               test_limit=b["test_limit"], seed=seed, data_dir=args.data_dir,
                               cache_dir=args.cache_dir, threads=args.threads, out_dir=str(run_dir),
@@ -55,10 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads((run_dir / "result.json").read_text())
         rows.append({"seed": seed, "params": r["num_params"], "test digits": r["n_rotated_test"],
                      "test error %": 100 * (1 - r["rotated_test_acc"]), "best epoch": r["epoch"],
-                     "train time s": r["train_time_s"]})
+                     "train time s": r["train_time_s"],
+                     "epochs": json.loads((run_dir / "summary.json").read_text()).get("epochs_completed", b["epochs"])})
     write_csv(out / "summary.csv", rows)
     m, s = mean_std([r["test error %"] for r in rows])
-    text = (f"GCNN {b['preset']} on the rotated-MNIST SUBSTITUTE (not mnist_rotation_new), {args.budget} budget: "
+    recipe = f"{b['epochs']} epochs, " + ("no extra augmentation" if args.no_augment else "rotation augmentation")
+    text = (f"GCNN {b['preset']} on the rotated-MNIST SUBSTITUTE (not mnist_rotation_new), {args.budget} budget "
+            f"({recipe}): "
             f"test error {m:.2f} ± {s:.2f}% over seeds {', '.join(str(r['seed']) for r in rows)}\n\n"
             + markdown_table(rows, list(rows[0]), fmt="{:.2f}"))
     write_text(out / "summary.md", text)
