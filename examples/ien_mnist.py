@@ -2,7 +2,7 @@
 (beta > 0) against the same CNN trained on the same doubled batches with beta = 0.
 
 Both runs see each upright digit and a copy rotated by a random non-zero multiple of 90 degrees
-(``--transforms rot90``; ``rot90+flip`` adds reflections). The test digits are evaluated upright, at 90/180/
+(``--transforms C4``; ``D4`` adds reflections, ``C8`` eighth turns). The test digits are evaluated upright, at 90/180/
 270 degrees and at uniformly random angles; the equivariance MSE of the orbit-pooled features (orbits of 4
 consecutive channels by default, or 8:2:1 heterogeneous orbits of 4, 2, 1 with ``--hetero``) is reported per
 layer on the test digits.
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="smoke")
     ap.add_argument("--betas", default="0,1", help="comma-separated beta values (default 0,1)")
-    ap.add_argument("--transforms", default="rot90", choices=["rot90", "rot90+flip", "rot45"])
+    ap.add_argument("--transforms", default="C4", choices=["C4", "D4", "C8"], help="the transform group")
     ap.add_argument("--hetero", action="store_true", help="8:2:1 orbits of sizes 4, 2, 1 instead of 4")
     ap.add_argument("--out", type=Path, default=Path("runs/ien"))
     ap.add_argument("--data-dir", default=None)

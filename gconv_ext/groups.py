@@ -24,7 +24,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Group", "CyclicGroup", "DihedralGroup", "group_from_name"]
+__all__ = ["Group", "CyclicGroup", "DihedralGroup", "group_from_name", "rotate_images", "rotation_affine_theta"]
 
 
 class Group:
@@ -158,11 +158,127 @@ class Group:
             return torch.rot90(x, 4 * r // self._n, dims=(-2, -1))
         return rotate_bilinear(x, self.angle(self.index(0, r)))
 
+    def act_on_images(self, elements: torch.Tensor, images: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """One element per image: ``images[i]`` ``[B, C, H, W]`` transformed by ``elements[i]`` (int64 ``[B]``,
+        indices of this group), as data: reflect (elements ``m = 1``), then rotate counter-clockwise by
+        ``r * 360 / N`` degrees with :func:`rotate_images` (a permutation of pixels at multiples of 90 degrees,
+        bilinear otherwise). ``inverse=True`` applies ``elements[i]^-1``: rotate back, then reflect."""
+        if not isinstance(elements, torch.Tensor) or elements.dtype != torch.int64 or elements.dim() != 1:
+            raise ValueError(f"elements must be an int64 tensor [B] of element indices of {self.name}, got "
+                             f"{getattr(elements, 'dtype', type(elements).__name__)} "
+                             f"{tuple(getattr(elements, 'shape', ()))}")
+        if elements.numel() and (int(elements.min()) < 0 or int(elements.max()) >= self.order):
+            raise ValueError(f"elements must be indices in [0, {self.order}) of {self.name}")
+        flips = elements.cpu() >= self._n
+        angles = (elements.cpu() % self._n).to(torch.float64) * (360.0 / self._n)
+        if inverse:
+            return _flip_where(rotate_images(images, -angles), flips)
+        return rotate_images(_flip_where(images, flips), angles)
+
     def act(self, g: int, x: torch.Tensor, group_dim: int | None = 2) -> torch.Tensor:
         """The action on a feature map ``[..., |G|, H, W]`` (plane and group axis), or on an image
         ``[..., H, W]`` when ``group_dim`` is None."""
         y = self.act_on_plane(g, x)
         return y if group_dim is None else self.act_on_group_axis(g, y, group_dim)
+
+
+def _flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror (last dim) the samples of ``x`` where ``mask`` ([B] bool) is set."""
+    if not bool(mask.any()):
+        return x
+    m = mask.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    return torch.where(m, torch.flip(x, dims=(-1,)), x)
+
+
+def _angles_tensor(angles_deg: torch.Tensor | float | int, batch: int) -> torch.Tensor:
+    """Angles as a float64 CPU tensor of shape [batch]."""
+    if isinstance(angles_deg, torch.Tensor):
+        a = angles_deg.detach().to(device="cpu", dtype=torch.float64)
+        if a.dim() == 0:
+            a = a.expand(batch)
+        elif a.dim() != 1 or a.shape[0] != batch:
+            raise ValueError(
+                f"angles_deg must be a scalar or have shape [{batch}] (one per image), "
+                f"got shape {tuple(a.shape)}"
+            )
+        return a.contiguous()
+    if isinstance(angles_deg, (int, float)):
+        return torch.full((batch,), float(angles_deg), dtype=torch.float64)
+    raise TypeError(f"angles_deg must be a float or a torch.Tensor, got {type(angles_deg).__name__}")
+
+
+def rotation_affine_theta(angles_deg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Affine matrices [B,2,3] (float64) for ``F.affine_grid`` rotating counter-clockwise as displayed.
+
+    In the normalised grid coordinates (x to the right, y *down*), the output
+    pixel at (x, y) samples the input at ``(c*x - s*(H/W)*y, s*(W/H)*x + c*y)``,
+    i.e. a rotation in pixel units about the centre (the H/W factors keep
+    non-square images undistorted). Angles in degrees; not to be confused with the STN's
+    :func:`gconv_ext.models.rotation_theta` (radians, square grids, the warp the network applies).
+    """
+    rad = angles_deg.to(torch.float64) * (math.pi / 180.0)
+    c, s = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(c)
+    row0 = torch.stack([c, -s * (height / width), zero], dim=-1)
+    row1 = torch.stack([s * (width / height), c, zero], dim=-1)
+    return torch.stack([row0, row1], dim=-2)
+
+
+def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor | float | int) -> torch.Tensor:
+    """Rotate ``images`` [B,C,H,W] (floating point) counter-clockwise as displayed by ``angles_deg``: the data
+    rotation of every experiment (``gconv_ext.data.rotate``), bit for bit what committed results were made with.
+
+    Args:
+        images: float tensor [B,C,H,W]; row 0 is the top of the image.
+        angles_deg: one angle for all images, or a tensor [B] of per-image angles
+            in degrees. Positive = counter-clockwise on screen, i.e. the same
+            direction as ``torch.rot90(x, 1, dims=(-2, -1))``.
+
+    Returns:
+        A new tensor with the same shape, dtype and device. Images whose angle is
+        an exact multiple of 90 degrees are bit-identical to
+        ``torch.rot90(x, k, dims=(-2, -1))`` with ``k = angle / 90`` (for odd ``k``
+        this needs a square image; non-square images use interpolation). Other
+        images are resampled bilinearly with zero fill, same output size.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [B,C,H,W], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point (got {images.dtype}); convert e.g. with x.float() / 255")
+    batch, _, height, width = images.shape
+    angles = _angles_tensor(angles_deg, batch)
+    if not torch.isfinite(angles).all():
+        raise ValueError("angles_deg contains NaN or infinite values")
+
+    out = torch.empty_like(images, memory_format=torch.contiguous_format)
+    if batch == 0:
+        return out
+    exact = torch.remainder(angles, 90.0) == 0
+    k_all = torch.remainder(torch.round(angles / 90.0), 4).to(torch.int64)
+    if height != width:
+        exact &= k_all % 2 == 0  # a quarter turn would change the shape
+
+    for k in range(4):
+        sel = exact & (k_all == k)
+        if not bool(sel.any()):
+            continue
+        idx = sel.nonzero(as_tuple=True)[0].to(images.device)
+        part = images.index_select(0, idx)
+        out.index_copy_(0, idx, part if k == 0 else torch.rot90(part, k, dims=(-2, -1)))
+
+    interp = ~exact
+    if bool(interp.any()):
+        idx = interp.nonzero(as_tuple=True)[0]
+        theta = rotation_affine_theta(angles[idx], height, width)
+        idx = idx.to(images.device)
+        part = images.index_select(0, idx)
+        theta = theta.to(device=images.device, dtype=images.dtype)
+        grid = F.affine_grid(theta, list(part.shape), align_corners=False)
+        rotated = F.grid_sample(part, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out.index_copy_(0, idx, rotated)
+    return out
 
 
 def rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:

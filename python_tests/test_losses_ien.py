@@ -12,6 +12,7 @@ from torch import nn
 
 from gconv_ext.losses import (EquivarianceLoss, OrbitSpec, apply_transform, invert_transform, orbit_pool,
                               sample_transforms)
+from gconv_ext.groups import Group
 from gconv_ext.models import GCNN, ien_cnn, ien_loss
 
 from conftest import REPO, torch_threads
@@ -48,18 +49,28 @@ def test_orbit_pool_heterogeneous():
         orbit_pool(torch.randn(2, 12, 5, 5), spec)
 
 
-@pytest.mark.parametrize("kind", ["rot90", "rot90+flip"])
+@pytest.mark.parametrize("kind", ["C4", "D4"])
 def test_transform_round_trip_exact(kind):
     x = torch.randn(16, 3, 7, 7)
     e = sample_transforms(16, kind, torch.Generator().manual_seed(1))
-    assert (e[:, 0] * 4 + e[:, 1] != 0).all()  # never the identity
+    assert e.shape == (16,) and (e != 0).all()  # group indices, never the identity
     assert torch.equal(invert_transform(apply_transform(x, e, kind), e, kind), x)  # permutations: exact
-    if kind == "rot90+flip":  # R_q F: flip first, then rotate
-        i = int((e[:, 0] == 1).nonzero()[0])
-        assert torch.equal(apply_transform(x, e, kind)[i], torch.rot90(torch.flip(x[i], (-1,)), int(e[i, 1]), (-2, -1)))
+    group = Group(4, kind == "D4")
+    for i in range(16):  # the group's own plane action: element m * 4 + r is R_r F^m (flip first, then rotate)
+        assert torch.equal(apply_transform(x, e, kind)[i], group.act_on_plane(int(e[i]), x[i]))
 
 
-@pytest.mark.parametrize("group,kind", [("C4", "rot90"), ("D4", "rot90+flip")])
+def test_old_transform_names_still_work():
+    # 'rot90+flip' was the name of D4 before the transforms were group elements: same draw, same images
+    x = torch.randn(6, 1, 9, 9)
+    with pytest.warns(DeprecationWarning, match="D4"):
+        e = sample_transforms(6, "rot90+flip", torch.Generator().manual_seed(4))
+    assert torch.equal(e, sample_transforms(6, "D4", torch.Generator().manual_seed(4)))
+    with pytest.warns(DeprecationWarning, match="C8"):
+        assert torch.equal(apply_transform(x, e % 8, "rot45"), apply_transform(x, e % 8, "C8"))
+
+
+@pytest.mark.parametrize("group,kind", [("C4", "C4"), ("D4", "D4")])
 def test_loss_vanishes_for_exactly_equivariant_network(group, kind):
     # float64: the point is the math (in float32 the rounding bound of the layer norms would be loose)
     model = GCNN(group, layers=2, channels=4, kernel_size=3).double().eval()
@@ -95,7 +106,7 @@ def test_loss_nonzero_for_random_cnn_and_gradients_flow():
     grads = []
     for beta in (0.0, 10.0):
         model.zero_grad()
-        out = ien_loss(model, beta, "rot90", torch.Generator().manual_seed(3))(x, y)
+        out = ien_loss(model, beta, "C4", torch.Generator().manual_seed(3))(x, y)
         # a random plain CNN is not equivariant: an O(1) fraction of its features' size, far above rounding
         assert all(v > 1e-3 for v in out.mse.values())
         out.loss.backward()
@@ -109,23 +120,23 @@ def test_beta_zero_is_cross_entropy_on_doubled_batch():
     torch.manual_seed(0)
     model = ien_cnn(8, 2, (4,)).eval()
     x, y = torch.randn(5, 1, 10, 10), torch.randint(0, 10, (5,))
-    out = ien_loss(model, 0.0, "rot90+flip", torch.Generator().manual_seed(7))(x, y)
-    e = sample_transforms(5, "rot90+flip", torch.Generator().manual_seed(7))
+    out = ien_loss(model, 0.0, "D4", torch.Generator().manual_seed(7))(x, y)
+    e = sample_transforms(5, "D4", torch.Generator().manual_seed(7))
     assert torch.equal(out.elements, e)
-    xx = torch.cat([x, apply_transform(x, e, "rot90+flip")])
+    xx = torch.cat([x, apply_transform(x, e, "D4")])
     expected = F.cross_entropy(model(xx), torch.cat([y, y]))
     # exact: the loss runs the same model on the same doubled batch, then the same cross-entropy
     assert torch.equal(out.loss, expected) and out.task == expected.item()
-    with_beta = ien_loss(model, 0.5, "rot90+flip", torch.Generator().manual_seed(7))(x, y)
+    with_beta = ien_loss(model, 0.5, "D4", torch.Generator().manual_seed(7))(x, y)
     # the same task term plus 0.5 x each layer's MSE, added in float32: one rounding per addition
     rel = 2 * gamma(len(with_beta.mse) + 1, torch.float32)
     assert with_beta.loss.item() == pytest.approx(expected.item() + 0.5 * sum(with_beta.mse.values()), rel=rel)
 
 
-def test_heterogeneous_orbits_and_rot45():
+def test_heterogeneous_orbits_and_c8():
     model = ien_cnn(44, 2, (4, 2, 1), (8, 2, 1))
     assert model.orbit_spec.n_orbits == 16 and model.monitored_layers == ["blocks.0", "blocks.1"]
-    out = ien_loss(model, 1.0, "rot45")(torch.randn(3, 1, 16, 16), torch.randint(0, 10, (3,)))
+    out = ien_loss(model, 1.0, "C8")(torch.randn(3, 1, 16, 16), torch.randint(0, 10, (3,)))
     assert set(out.mse) == {"blocks.0", "blocks.1"} and out.logits.shape == (6, 10)
     out.loss.backward()
 

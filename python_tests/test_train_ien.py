@@ -104,14 +104,14 @@ def test_resume_view_accepts_older_checkpoints():
 def test_loss_accepts_given_elements():
     model = ien_cnn(8, 2, (4,)).eval()
     x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
-    e = sample_transforms(3, "rot90", torch.Generator().manual_seed(2))
-    a = ien_loss(model, 1.0, "rot90", torch.Generator().manual_seed(2))(x, y)
-    b = ien_loss(model, 1.0, "rot90")(x, y, e)
+    e = sample_transforms(3, "C4", torch.Generator().manual_seed(2))
+    a = ien_loss(model, 1.0, "C4", torch.Generator().manual_seed(2))(x, y)
+    b = ien_loss(model, 1.0, "C4")(x, y, e)
     assert torch.equal(a.elements, b.elements) and torch.equal(a.loss, b.loss)
     with pytest.raises(ValueError, match="elements"):
-        ien_loss(model, 1.0, "rot90")(x, y, torch.tensor([[1, 1], [0, 4], [0, 1]]))  # no flips in rot90; q < 4
+        ien_loss(model, 1.0, "C4")(x, y, torch.tensor([1, 4, 2]))  # C4 has 4 elements: 0..3
     with pytest.raises(ValueError, match="elements"):
-        ien_loss(model, 1.0, "rot90")(x, y, e[:2])
+        ien_loss(model, 1.0, "C4")(x, y, e[:2])
 
 
 # ------------------------------------------------------------------------------ objective, unit level
@@ -139,13 +139,13 @@ def test_beta_zero_equals_cross_entropy_on_the_doubled_batch():
     # By hand: the same epoch generator draws the shuffle, then the transforms of the (single) batch.
     gen = epoch_generator(cfg.seed, 0)
     perm = torch.randperm(24, generator=gen)
-    e = sample_transforms(24, "rot90", gen)
+    e = sample_transforms(24, "C4", gen)
     x = normalize(data.train_x[perm])
     y = data.train_y[perm]
     torch.manual_seed(0)
     ref = cfg.build_model()
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
-    logits = ref(torch.cat([x, apply_transform(x, e, "rot90")]))
+    logits = ref(torch.cat([x, apply_transform(x, e, "C4")]))
     loss = F.cross_entropy(logits, torch.cat([y, y]))
     loss.backward()
     opt.step()
@@ -169,7 +169,7 @@ def test_beta_zero_equals_cross_entropy_on_the_doubled_batch():
 def test_ien_training_smoke_through_cli(tmp_path, shared_data_dir, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", "ien-cnn", "--preset", "tiny", "--ien-beta", "1", "--ien-transforms",
-                 "rot90+flip", "--epochs", "3", "--batch-size", "16", "--train-limit", "320", "--val-limit", "64",
+                 "D4", "--epochs", "3", "--batch-size", "16", "--train-limit", "320", "--val-limit", "64",
                  "--data-dir", str(shared_data_dir), "--device", "cpu", "--no-test", "--quiet",
                  "--out-dir", str(out)]) == 0
     with open(out / "metrics.csv") as f:
@@ -179,7 +179,7 @@ def test_ien_training_smoke_through_cli(tmp_path, shared_data_dir, capsys):
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0] - 0.1, losses
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ien_beta"] == 1.0 and summary["config"]["ien_transforms"] == "rot90+flip"
+    assert summary["ien_beta"] == 1.0 and summary["config"]["ien_transforms"] == "D4"
     assert set(summary["final_train_mse"]) == {"mse_blocks.0", "mse_blocks.1"}
     assert 0.0 <= summary["best_val_acc"] <= 1.0  # (8 channels, 512 digits: no accuracy claim here)
 
@@ -260,7 +260,7 @@ def test_rotated_mnist_cache_from_env(tmp_path, shared_data_dir, rot_cache, monk
     (["--ien-beta", "1", "--model", "cnn"], "--ien-beta"),
     (["--ien-beta", "1", "--model", "ien-cnn", "--ien-layers", "blocks.0,nope"], "--ien-layers"),
     (["--ien-beta", "1", "--model", "ien-cnn", "--ien-layers", "blocks.0,,x"], "--ien-layers"),
-    (["--model", "ien-cnn", "--ien-transforms", "rot90+flip"], "--ien-transforms"),
+    (["--model", "ien-cnn", "--ien-transforms", "D4"], "--ien-transforms"),
     (["--model", "ien-cnn", "--group", "C4"], "group"),
 ])
 def test_cli_bad_ien_arguments(argv, needle, capsys, shared_data_dir):
@@ -284,3 +284,10 @@ def test_compare_ien_example_smoke(tmp_path, shared_data_dir, rot_cache):
     assert [r["ien_beta"] for r in data["results"]] == [1.0, 0.0, None]
     assert all(r["dataset"] == "rotated-mnist" and r["n_rotated_test"] == 2000 for r in data["results"])
     assert not list((out / "smoke").glob(".*.tmp"))
+
+
+def test_old_ien_transform_names_are_read_as_group_names():
+    with pytest.warns(DeprecationWarning, match="C4"):
+        assert TrainConfig(ien_transforms="rot90").ien_transforms == "C4"
+    # a checkpoint's config from before the group names resumes as the same run
+    assert TrainConfig.from_dict({"ien_transforms": "rot90+flip", "recipe": "default"}).ien_transforms == "D4"

@@ -21,17 +21,41 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.transforms import rotate
+from ..groups import Group, group_from_name
 
 __all__ = ["OrbitSpec", "orbit_pool", "EquivarianceLoss", "IENOutput", "TRANSFORMS", "sample_transforms",
            "apply_transform", "invert_transform"]
 
-#: The transform families: element ``(m, q)`` means rotate by ``q * step`` degrees after ``m`` flips.
-TRANSFORMS: dict[str, tuple[int, bool]] = {"rot90": (90, False), "rot90+flip": (90, True), "rot45": (45, False)}
+#: The transform groups, by name: C4 (quarter turns), D4 (quarter turns and reflections), C8 (eighth turns,
+#: odd multiples of 45 degrees interpolated). An element is a group index (``m * N + r``: reflect ``m`` times,
+#: then rotate by ``r * 360 / N`` degrees), applied with :meth:`gconv_ext.groups.Group.act_on_images`.
+TRANSFORMS: dict[str, Group] = {"C4": Group(4), "D4": Group(4, True), "C8": Group(8)}
+
+#: The names used before the transforms were group elements (still accepted, with a DeprecationWarning).
+DEPRECATED_TRANSFORM_NAMES = {"rot90": "C4", "rot90+flip": "D4", "rot45": "C8"}
+
+
+def transform_group(kind: str | Group) -> Group:
+    """The group of an IEN transform family: ``'C4'``, ``'D4'`` or ``'C8'`` (or the Group itself); the old
+    names ``'rot90'``, ``'rot90+flip'`` and ``'rot45'`` are read as those, with a DeprecationWarning."""
+    if isinstance(kind, str) and kind in DEPRECATED_TRANSFORM_NAMES:
+        new = DEPRECATED_TRANSFORM_NAMES[kind]
+        warnings.warn(f"IEN transforms {kind!r} is now called {new!r} (the group name)", DeprecationWarning,
+                      stacklevel=3)
+        kind = new
+    try:
+        group = group_from_name(kind)
+    except ValueError:
+        group = None
+    if group not in TRANSFORMS.values():
+        raise ValueError(f"transforms must be one of {list(TRANSFORMS)}, got {kind!r}")
+    return group
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,41 +151,26 @@ def orbit_pool(feature: torch.Tensor, spec: OrbitSpec) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def sample_transforms(batch: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random non-identity elements ``[batch, 2]`` int64: ``(m, q)``, ``m`` flips (0/1) then a rotation by
-    ``q * step`` degrees (``step`` 90 or 45, see :data:`TRANSFORMS`)."""
-    step, flips = TRANSFORMS[kind]
-    n_rot = 360 // step
-    order = n_rot * (2 if flips else 1)
-    idx = torch.randint(1, order, (batch,), generator=generator)  # never the identity
-    return torch.stack([idx // n_rot, idx % n_rot], dim=1)
+def sample_transforms(batch: int, kind: str | Group, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random non-identity elements of the transform group ``kind`` (see :data:`TRANSFORMS`): int64 ``[batch]``
+    group indices, uniform over the non-identity elements."""
+    return torch.randint(1, transform_group(kind).order, (batch,), generator=generator)  # never the identity
 
 
-def _flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if not bool(mask.any()):
-        return x
-    m = mask.to(x.device).view(-1, *([1] * (x.dim() - 1)))
-    return torch.where(m, torch.flip(x, dims=(-1,)), x)
+def apply_transform(x: torch.Tensor, elements: torch.Tensor, kind: str | Group) -> torch.Tensor:
+    """``T x`` per sample, ``T`` = ``elements[i]`` of the group ``kind``: reflect, then rotate counter-clockwise
+    (:meth:`~gconv_ext.groups.Group.act_on_images`: exact at multiples of 90 degrees, bilinear otherwise)."""
+    return transform_group(kind).act_on_images(elements, x)
 
 
-def apply_transform(x: torch.Tensor, elements: torch.Tensor, kind: str) -> torch.Tensor:
-    """``T x`` per sample: flip (``m = 1``) then rotate counter-clockwise by ``q * step`` degrees
-    (``gconv_ext.data.rotate``: exact for multiples of 90 degrees, bilinear with zero fill otherwise)."""
-    step, _ = TRANSFORMS[kind]
-    x = _flip_where(x, elements[:, 0] == 1)
-    return rotate(x, (elements[:, 1] * step).to(torch.float64))
-
-
-def invert_transform(y: torch.Tensor, elements: torch.Tensor, kind: str) -> torch.Tensor:
-    """``T^-1 y`` on planar maps ``[B, C, H, W]``: rotate back, then flip. Non-spatial ``[B, C]`` features
+def invert_transform(y: torch.Tensor, elements: torch.Tensor, kind: str | Group) -> torch.Tensor:
+    """``T^-1 y`` on planar maps ``[B, C, H, W]``: rotate back, then reflect. Non-spatial ``[B, C]`` features
     are returned unchanged (they carry no plane to transform)."""
     if y.dim() == 2:
         return y
     if y.dim() != 4:
         raise ValueError(f"invert_transform: expected [B, C, H, W] or [B, C], got shape {tuple(y.shape)}")
-    step, _ = TRANSFORMS[kind]
-    y = rotate(y, (-elements[:, 1] * step).to(torch.float64))
-    return _flip_where(y, elements[:, 0] == 1)
+    return transform_group(kind).act_on_images(elements, y, inverse=True)
 
 
 @dataclasses.dataclass
@@ -184,9 +193,10 @@ class EquivarianceLoss(nn.Module):
         model: the network; its monitored layers are found by name in ``model.named_modules()``.
         layers: names of the monitored layers.
         specs: one :class:`OrbitSpec` for every layer, a sequence (one per layer) or a mapping name -> spec.
-        transforms: ``'rot90'`` (C4), ``'rot90+flip'`` (D4) or ``'rot45'`` (C8, odd multiples of 45 degrees
+        transforms: the group of the transforms, ``'C4'``, ``'D4'`` or ``'C8'`` (odd multiples of 45 degrees
             interpolated; the inverse rotation of the pooled features interpolates too, so the MSE has a floor
-            even for an equivariant network).
+            even for an equivariant network). The old names ``'rot90'``, ``'rot90+flip'``, ``'rot45'`` still
+            work, with a DeprecationWarning.
         beta: weight of the equivariance term (``>= 0``); 0 gives the plain baseline on the same batches.
         generator: optional CPU ``torch.Generator`` for the random transforms.
 
@@ -194,11 +204,10 @@ class EquivarianceLoss(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], specs: OrbitSpec | Sequence[OrbitSpec]
-                 | Mapping[str, OrbitSpec], transforms: str = "rot90", beta: float = 1.0,
+                 | Mapping[str, OrbitSpec], transforms: str = "C4", beta: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if transforms not in TRANSFORMS:
-            raise ValueError(f"transforms must be one of {list(TRANSFORMS)}, got {transforms!r}")
+        self.group = transform_group(transforms)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0 or math.isinf(beta):
             raise ValueError(f"beta must be a finite float >= 0, got {beta!r}")
         layers = list(layers)
@@ -224,7 +233,7 @@ class EquivarianceLoss(nn.Module):
         self.model = model
         self.layers = layers
         self.specs = spec_map
-        self.transforms = transforms
+        self.transforms = self.group.name
         self.beta = float(beta)
         self.generator = generator
         self._modules_by_name = {n: modules[n] for n in layers}
@@ -250,22 +259,21 @@ class EquivarianceLoss(nn.Module):
         return logits, feats
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, elements: torch.Tensor | None = None) -> IENOutput:
-        """``elements`` (int64 ``[B, 2]``, as from :func:`sample_transforms`) fixes the transforms; None draws
+        """``elements`` (int64 ``[B]`` group indices, as from :func:`sample_transforms`) fixes the transforms; None draws
         them from :attr:`generator`. (The training loop draws them for the global batch and passes each DDP
         rank its slice, so every rank and a single process see the same transforms.)"""
         if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"x must be a square image batch [B, C, H, H], got shape {tuple(x.shape)}")
         b = x.shape[0]
         if elements is None:
-            elements = sample_transforms(b, self.transforms, self.generator)
+            elements = sample_transforms(b, self.group, self.generator)
         else:
-            step, flips = TRANSFORMS[self.transforms]
-            if (elements.dim() != 2 or elements.shape != (b, 2) or elements.dtype != torch.int64
-                    or bool((elements[:, 0] < 0).any()) or bool((elements[:, 0] > int(flips)).any())
-                    or bool((elements[:, 1] < 0).any()) or bool((elements[:, 1] >= 360 // step).any())):
-                raise ValueError(f"elements must be int64 [{b}, 2] group elements of {self.transforms!r} "
-                                 f"(see sample_transforms), got {elements.dtype} {tuple(elements.shape)}")
-        xx = torch.cat([x, apply_transform(x, elements, self.transforms)])
+            if (not isinstance(elements, torch.Tensor) or elements.shape != (b,) or elements.dtype != torch.int64
+                    or bool((elements < 0).any()) or bool((elements >= self.group.order).any())):
+                raise ValueError(f"elements must be int64 [{b}] element indices of {self.group.name} (see "
+                                 f"sample_transforms), got {getattr(elements, 'dtype', type(elements).__name__)} "
+                                 f"{tuple(getattr(elements, 'shape', ()))}")
+        xx = torch.cat([x, apply_transform(x, elements, self.group)])
         logits, feats = self._run(xx)
         task = F.cross_entropy(logits, torch.cat([y, y]))
         total = task
@@ -277,7 +285,7 @@ class EquivarianceLoss(nn.Module):
             if f.dim() == 5:  # a group map [B, C, |G|, H, W]: channel-major C * |G| channels
                 f = f.flatten(1, 2)
             pooled = orbit_pool(f, self.specs[name])
-            ref, moved = pooled[:b], invert_transform(pooled[b:], elements, self.transforms)
+            ref, moved = pooled[:b], invert_transform(pooled[b:], elements, self.group)
             term = F.mse_loss(ref, moved)
             mse[name] = term.item()
             if self.beta:

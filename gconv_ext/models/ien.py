@@ -109,7 +109,7 @@ def ien_cnn_for_params(params: int, layers: int = 4, orbit_sizes: Sequence[int] 
     return ien_cnn(best[1], layers, orbit_sizes, ratios, kernel_size, in_channels, num_classes)
 
 
-def ien_loss(model: IENCNN, beta: float = 1.0, transforms: str = "rot90",
+def ien_loss(model: IENCNN, beta: float = 1.0, transforms: str = "C4",
              generator: torch.Generator | None = None) -> EquivarianceLoss:
     """The :class:`EquivarianceLoss` on every block of an :class:`IENCNN`."""
     return EquivarianceLoss(model, model.monitored_layers, model.orbit_spec, transforms, beta, generator)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
@@ -50,7 +51,9 @@ TRAIN_ROTATIONS = ("none", "uniform")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64", "auto")
 LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-IEN_TRANSFORMS = ("rot90", "rot90+flip", "rot45")
+IEN_TRANSFORMS = ("C4", "D4", "C8")
+#: ``ien_transforms`` before the transforms were named by their group (read as the new names).
+_OLD_IEN_TRANSFORMS = {"rot90": "C4", "rot90+flip": "D4", "rot45": "C8"}
 MONITORS = ("val_acc", "val_loss")
 
 #: The settings each recipe gives the fields left as None.
@@ -142,8 +145,9 @@ class TrainConfig:
         "train with the implicit-equivariance (IEN) loss: each batch doubled with a transformed copy, plus "
         "BETA x the orbit-pooled feature MSE at the monitored layers; 0 = plain CNN on the same doubled "
         "batches (needs a model with orbits, e.g. --model ien-cnn)"))
-    ien_transforms: str = field(default="rot90", metadata=_meta(
-        "IEN transforms (with --ien-beta): rot90 (C4), rot90+flip (D4), rot45 (C8)", choices=IEN_TRANSFORMS))
+    ien_transforms: str = field(default="C4", metadata=_meta(
+        "IEN transform group (with --ien-beta): C4 (quarter turns), D4 (and reflections), C8 (eighth turns; "
+        "the old names rot90, rot90+flip, rot45 still work)", choices=IEN_TRANSFORMS + tuple(_OLD_IEN_TRANSFORMS)))
     ien_layers: list[str] | None = field(default=None, metadata=_meta(
         "IEN monitored layers, comma-separated (with --ien-beta; default: the model's)", kind="names"))
     momentum: float = field(default=0.9, metadata=_meta("SGD momentum (with --optimizer sgd)"))
@@ -165,6 +169,11 @@ class TrainConfig:
         for name, value in RECIPES[self.recipe].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.ien_transforms in _OLD_IEN_TRANSFORMS:
+            new = _OLD_IEN_TRANSFORMS[self.ien_transforms]
+            warnings.warn(f"ien_transforms {self.ien_transforms!r} is now called {new!r} (the group name)",
+                          DeprecationWarning, stacklevel=3)
+            self.ien_transforms = new
         self.validate()
 
     def validate(self) -> None:
@@ -220,6 +229,8 @@ class TrainConfig:
         names = {f.name for f in fields(cls)}
         d = dict(d)
         d.setdefault("recipe", "study")
+        if d.get("ien_transforms") in _OLD_IEN_TRANSFORMS:  # saved before the group names
+            d["ien_transforms"] = _OLD_IEN_TRANSFORMS[d["ien_transforms"]]
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def build_model(self):
