@@ -44,8 +44,9 @@ void check_conv(const ConvKind& kind, const at::Tensor& input, const at::Tensor&
   TORCH_CHECK_VALUE(weight.dim() == in_dim, "gconv_ext: weight must be a ", in_dim, "-D tensor ",
                     kind.weight_layout, ", got shape ", weight.sizes());
   check_floating(input, "input");
-  TORCH_CHECK_TYPE(input.scalar_type() == weight.scalar_type(), "gconv_ext: input and weight must have the same dtype, got ",
-                   input.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK_TYPE(input.scalar_type() == weight.scalar_type(),
+                   "gconv_ext: input and weight must have the same dtype, got ", input.scalar_type(), " and ",
+                   weight.scalar_type());
   TORCH_CHECK(input.device() == weight.device(), "gconv_ext: input and weight must be on the same device, got ",
               input.device(), " and ", weight.device());
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "gconv_ext: input has ", input.size(1),
@@ -54,6 +55,22 @@ void check_conv(const ConvKind& kind, const at::Tensor& input, const at::Tensor&
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
+  TORCH_CHECK_VALUE(weight.size(-1) == weight.size(-2) && weight.size(-1) >= 1,
+                    "gconv_ext: weight must have a square kernel of size >= 1, got ", weight.size(-2), "x",
+                    weight.size(-1));
+  for (int d = 0; d < 2; ++d) {
+    const int64_t size = input.size(input.dim() - 2 + d), p = padding[d].expect_int(), dil = dilation[d].expect_int();
+    TORCH_CHECK_VALUE(size + 2 * p - dil * (weight.size(-1) - 1) - 1 >= 0, "gconv_ext: input spatial size ", size,
+                      " is too small for kernel ", weight.size(-1), " with padding ", p, " and dilation ", dil);
+  }
+}
+
+// The output's spatial size along dim d (0: H, 1: W): (H + 2p - d(k-1) - 1) / s + 1.
+int64_t conv_out_size(const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+                      c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, int d) {
+  const int64_t size = input.size(input.dim() - 2 + d);
+  return (size + 2 * padding[d].expect_int() - dilation[d].expect_int() * (weight.size(-1) - 1) - 1) /
+             stride[d].expect_int() + 1;
 }
 
 // The expanded filter as a planar convolution weight: [C_out * |G|, C_in (* |G|), k, k].
@@ -62,7 +79,8 @@ at::Tensor expand_filter(const ConvKind& kind, const at::Tensor& weight, int64_t
   const at::Tensor w = call_transform(kind.lifting ? "gconv_ext::lift_filter" : "gconv_ext::group_filter", weight,
                                       rotations, reflections, disk_mask);
   const int64_t order = group_order(rotations, reflections), k = weight.size(-1);
-  return w.view({weight.size(0) * order, -1, k, k});
+  // explicit sizes (not -1): C_out = 0 or C_in = 0 are valid, empty filters
+  return w.view({weight.size(0) * order, weight.size(1) * (kind.lifting ? 1 : order), k, k});
 }
 
 // The input as a planar feature map: the group axis folded into the channels.
@@ -84,6 +102,11 @@ at::Tensor conv_forward(const ConvKind& kind, const at::Tensor& input, const at:
     // Shared across the group axis: output channel c * |G| + g gets bias[c].
     folded_bias = bias->unsqueeze(1).expand({c_out, order}).reshape({c_out * order});
   }
+  if (c_out == 0) {  // empty filters: an empty output (ATen's convolution refuses zero output channels)
+    return at::empty({input.size(0), 0, order, conv_out_size(input, weight, stride, padding, dilation, 0),
+                      conv_out_size(input, weight, stride, padding, dilation, 1)},
+                     input.options());
+  }
   const at::Tensor w = expand_filter(kind, weight, rotations, reflections, disk_mask);
   const std::array<c10::SymInt, 2> no_output_padding{0, 0};
   const at::Tensor out = at::convolution_symint(planar(kind, input), w, folded_bias, stride, padding, dilation,
@@ -97,11 +120,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
   check_conv(kind, input, weight, rotations, reflections, stride, padding, dilation);
   const int64_t order = group_order(rotations, reflections), c_out = weight.size(0);
+  const int64_t oh = conv_out_size(input, weight, stride, padding, dilation, 0);
+  const int64_t ow = conv_out_size(input, weight, stride, padding, dilation, 1);
   TORCH_CHECK_VALUE(grad_out.dim() == 5 && grad_out.size(0) == input.size(0) && grad_out.size(1) == c_out &&
-                        grad_out.size(2) == order,
-                    "gconv_ext: grad_out must have shape [B, C_out, |G|, H', W'] = [", input.size(0), ", ", c_out,
-                    ", ", order, ", H', W'], got ", grad_out.sizes());
+                        grad_out.size(2) == order && grad_out.size(3) == oh && grad_out.size(4) == ow,
+                    "gconv_ext: grad_out must have the output shape [B, C_out, |G|, H', W'] = [", input.size(0), ", ",
+                    c_out, ", ", order, ", ", oh, ", ", ow, "], got ", grad_out.sizes());
   check_like(grad_out, "grad_out", input, "input");
+  if (c_out == 0) {  // nothing flows back through empty filters
+    return {output_mask[0] ? at::zeros_like(input) : at::Tensor(),
+            output_mask[1] ? at::zeros_like(weight) : at::Tensor(),
+            output_mask[2] ? at::zeros({0}, weight.options()) : at::Tensor()};
+  }
   const at::Tensor w = expand_filter(kind, weight, rotations, reflections, disk_mask);
   const at::Tensor go =
       grad_out.reshape({grad_out.size(0), c_out * order, grad_out.size(3), grad_out.size(4)});
@@ -115,8 +145,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   if (grad_weight.defined()) {
     const int64_t c_in = weight.size(1), k = weight.size(-1);
     grad_weight = kind.lifting
-                      ? call_transform("gconv_ext::lift_filter_backward", grad_weight.reshape({c_out, order, c_in, k, k}),
-                                       rotations, reflections, disk_mask)
+                      ? call_transform("gconv_ext::lift_filter_backward",
+                                       grad_weight.reshape({c_out, order, c_in, k, k}), rotations, reflections,
+                                       disk_mask)
                       : call_transform("gconv_ext::group_filter_backward",
                                        grad_weight.reshape({c_out, order, c_in, order, k, k}), rotations, reflections,
                                        disk_mask);

@@ -14,9 +14,8 @@ void check_filter(const at::Tensor& t, const char* name, int64_t expected_dim, c
   TORCH_CHECK_VALUE(t.dim() == expected_dim, "gconv_ext: ", name, " must be a ", expected_dim, "-D tensor ", layout,
                     ", got shape ", t.sizes());
   check_floating(t, name);
-  TORCH_CHECK_VALUE(t.size(-1) == t.size(-2), "gconv_ext: ", name, " must have a square kernel, got ",
-                    t.size(-2), "x", t.size(-1));
-  TORCH_CHECK_VALUE(t.size(-1) >= 1, "gconv_ext: ", name, " kernel size must be >= 1, got ", t.size(-1));
+  TORCH_CHECK_VALUE(t.size(-1) == t.size(-2) && t.size(-1) >= 1, "gconv_ext: ", name,
+                    " must have a square kernel of size >= 1, got ", t.size(-2), "x", t.size(-1));
 }
 
 at::Tensor run_forward(const TransformLaunchers& run, const at::Tensor& in, at::Tensor& out, const PlanKey& key,

@@ -30,9 +30,17 @@ Pool2dGeom geometry(int64_t h, int64_t w, at::IntArrayRef kernel_size, at::IntAr
   TORCH_CHECK_VALUE(h + 2 * padding[0] >= kernel_size[0] && w + 2 * padding[1] >= kernel_size[1],
                     "gconv_ext: input spatial size ", h, "x", w, " is too small for kernel_size ", kernel_size,
                     " with padding ", padding);
+  // The padded plane is what the backends tile and index: at most 2^31 elements (a bound on memory, and far
+  // from int64 overflow; check_pair bounds each extent by 2^31 first).
+  TORCH_CHECK_VALUE((h + 2 * padding[0]) * (w + 2 * padding[1]) <= kMaxExtent,
+                    "gconv_ext: the padded input plane (", h, " + 2*", padding[0], ") x (", w, " + 2*", padding[1],
+                    ") must have at most 2^31 elements; use a smaller kernel_size and padding");
   const int64_t oh = (h + 2 * padding[0] - kernel_size[0]) / stride[0] + 1;
   const int64_t ow = (w + 2 * padding[1] - kernel_size[1]) / stride[1] + 1;
-  return {h, w, oh, ow, kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1]};
+  // With one window along an axis its stride is never used: 1 stands for any (a huge stride would overflow
+  // the backends' index arithmetic for nothing).
+  const int64_t sh = oh == 1 ? 1 : stride[0], sw = ow == 1 ? 1 : stride[1];
+  return {h, w, oh, ow, kernel_size[0], kernel_size[1], sh, sw, padding[0], padding[1]};
 }
 
 Pool2dGeom geometry_of(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["int_pair"]
+import torch
+
+__all__ = ["int_pair", "MAX_ROTATIONS", "MAX_EXTENT", "fake_group_order", "fake_same_device", "fake_floating",
+           "fake_pair"]
+
+#: The largest N of C_N / D_N the operators accept (csrc/include/gconv_ext/checks.h ``kMaxRotations``): the
+#: transform plans and Cayley tables grow as |G|^2.
+MAX_ROTATIONS = 1024
+#: The bound on kernel sizes, strides, paddings, dilations and padded pooling planes (``kMaxExtent``).
+MAX_EXTENT = 2**31
 
 
 def int_pair(owner: str, name: str, v: Any, minimum: int) -> tuple[int, int]:
@@ -20,3 +29,35 @@ def int_pair(owner: str, name: str, v: Any, minimum: int) -> tuple[int, int]:
     if not ok:
         raise ValueError(f"{owner}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
     return int(t[0]), int(t[1])
+
+
+# -- the fake kernels' checks: the same conditions as the C++ kernels (checks.h), with torch._check ----------
+
+def fake_group_order(rotations: int, reflections: bool) -> int:
+    """|G| of C_N / D_N after the C++ kernels' check of N."""
+    torch._check(1 <= rotations <= MAX_ROTATIONS,
+                 lambda: f"gconv_ext: rotations (N of C_N/D_N) must be in [1, {MAX_ROTATIONS}], got {rotations}")
+    return rotations * (2 if reflections else 1)
+
+
+def fake_same_device(**tensors: torch.Tensor | None) -> None:
+    """Every given tensor on one device. Mixed meta and real tensors would otherwise reach the fake kernel
+    with real inputs and return uninitialised memory."""
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        torch._check(t.device == first.device, lambda: f"gconv_ext: {name} and {first_name} must be on the same "
+                                                       f"device, got {t.device} and {first.device}")
+
+
+def fake_floating(t: torch.Tensor, name: str) -> None:
+    torch._check(t.is_floating_point(),
+                 lambda: f"gconv_ext: {name} must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                         f"got {t.dtype}")
+
+
+def fake_pair(v, name: str, minimum: int) -> None:
+    """A stride/padding/dilation/kernel_size list: 2 elements in [minimum, 2^31) (checks.h ``check_pair``)."""
+    torch._check(len(v) == 2, lambda: f"gconv_ext: {name} must have 2 elements, got {len(v)}")
+    for e in v:
+        torch._check(minimum <= e < MAX_EXTENT, lambda: f"gconv_ext: {name} must be in [{minimum}, 2^31), got {list(v)}")

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..groups import Group
 from ..ops import group_conv2d, group_filter, lift_filter, lifting_conv2d
-from ..ops.conv import _check_conv
+from ..ops.conv import _check_conv, _check_spatial, _conv_params
 from ..ops.reference import disk_mask as _disk_mask
 from ..ops.reference import transform_matrix as _transform_matrix
 from . import _utils as U
@@ -185,6 +185,7 @@ class _EquivariantConv(nn.Module):
             return fn(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
         # The same checks (and messages) as the functional op of the training path, before the plain conv.
         _check_conv(self._lifting, x, self.weight, self.bias, self.group)
+        _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding, self.dilation))
         planar = x if self._lifting else x.flatten(1, 2)
         out = F.conv2d(planar, self._cached_weight(), None, self.stride, self.padding, self.dilation)
         out = out.unflatten(1, (self.out_channels, self.group.order))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
-from .._args import int_pair
+from .._args import fake_floating, fake_group_order, fake_pair, fake_same_device, int_pair
 from ..groups import Group, group_from_name
 from . import reference
 
@@ -81,6 +81,15 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
             raise ValueError(f"gconv_ext: bias must be on the device of weight ({weight.device}), got {bias.device}")
 
 
+def _check_spatial(x: torch.Tensor, k: int, stride, padding, dilation) -> None:
+    """The C++ check that the output is non-empty (csrc/conv.cpp ``check_conv``), for paths that bypass the op
+    (the modules' eval cache): ``H + 2p - d(k-1) - 1 >= 0`` along both axes."""
+    for size, p, d in zip(x.shape[-2:], padding, dilation):
+        if size + 2 * p - d * (k - 1) - 1 < 0:
+            raise ValueError(f"gconv_ext: input spatial size {size} is too small for kernel {k} with padding {p} "
+                             f"and dilation {d}")
+
+
 def _conv(lifting: bool, x, weight, bias, group, stride, padding, dilation, disk_mask) -> torch.Tensor:
     group = group_from_name(group)
     _check_conv(lifting, x, weight, bias, group)
@@ -132,25 +141,24 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 _NO_OUTPUT_PADDING = [0, 0]
 
 
-def _order(rotations: int, reflections: bool) -> int:
-    torch._check(rotations >= 1, lambda: f"gconv_ext: rotations must be >= 1, got {rotations}")
-    return rotations * (2 if reflections else 1)
-
-
 def _check_shapes(lifting: bool, input, weight, rotations, reflections, stride, padding, dilation) -> int:
-    n = _order(rotations, reflections)
+    """The checks of csrc/conv.cpp ``check_conv``, for the fake kernels (same conditions, same wording)."""
+    n = fake_group_order(rotations, reflections)
     dim = 4 if lifting else 5
     torch._check(input.dim() == dim, lambda: f"gconv_ext: input must be {dim}-D, got {input.dim()}-D")
     torch._check(weight.dim() == dim, lambda: f"gconv_ext: weight must be {dim}-D, got {weight.dim()}-D")
-    torch._check(weight.shape[-1] == weight.shape[-2], lambda: "gconv_ext: weight must have a square kernel")
+    fake_floating(input, "input")
+    torch._check(weight.shape[-1] == weight.shape[-2] and weight.shape[-1] >= 1,
+                 lambda: f"gconv_ext: weight must have a square kernel of size >= 1, got {list(weight.shape[-2:])}")
     torch._check(input.shape[1] == weight.shape[1],
                  lambda: f"gconv_ext: input has {input.shape[1]} channels but weight expects {weight.shape[1]}")
     if not lifting:
         torch._check(input.shape[2] == n, lambda: f"gconv_ext: input.shape[2] must be |G| = {n}")
         torch._check(weight.shape[2] == n, lambda: f"gconv_ext: weight.shape[2] must be |G| = {n}")
     torch._check(input.dtype == weight.dtype, lambda: "gconv_ext: input and weight must have the same dtype")
-    torch._check(len(stride) == 2 and len(padding) == 2 and len(dilation) == 2,
-                 lambda: "gconv_ext: stride, padding and dilation must have 2 elements")
+    fake_pair(stride, "stride", 1)
+    fake_pair(padding, "padding", 0)
+    fake_pair(dilation, "dilation", 1)
     k = weight.shape[-1]
     for i in range(2):
         size = input.shape[-2 + i]
@@ -171,10 +179,13 @@ def _expanded_like(lifting: bool, weight: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _fake_forward(lifting, input, weight, bias, rotations, reflections, disk_mask, stride, padding, dilation):
+    fake_same_device(input=input, weight=weight, bias=bias)
     n = _check_shapes(lifting, input, weight, rotations, reflections, stride, padding, dilation)
     co = weight.shape[0]
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == co, lambda: f"gconv_ext: bias must have shape [{co}]")
+        torch._check(bias.dtype == weight.dtype, lambda: f"gconv_ext: bias must have the dtype of weight "
+                                                         f"({weight.dtype}), got {bias.dtype}")
     folded = None if bias is None else bias.new_empty((co * n,))
     out = torch.ops.aten.convolution(_planar(lifting, input), _expanded_like(lifting, weight, n), folded,
                                      stride, padding, dilation, False, _NO_OUTPUT_PADDING, 1)
@@ -183,10 +194,15 @@ def _fake_forward(lifting, input, weight, bias, rotations, reflections, disk_mas
 
 def _fake_backward(lifting, grad_out, input, weight, rotations, reflections, disk_mask, stride, padding, dilation,
                    output_mask):
+    fake_same_device(grad_out=grad_out, input=input, weight=weight)
     n = _check_shapes(lifting, input, weight, rotations, reflections, stride, padding, dilation)
-    co = weight.shape[0]
-    torch._check(grad_out.dim() == 5 and grad_out.shape[1] == co and grad_out.shape[2] == n,
-                 lambda: f"gconv_ext: grad_out must have shape [B, {co}, {n}, H', W']")
+    co, k = weight.shape[0], weight.shape[-1]
+    oh, ow = ((input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (k - 1) - 1) // stride[i] + 1 for i in range(2))
+    torch._check(grad_out.dim() == 5 and tuple(grad_out.shape) == (input.shape[0], co, n, oh, ow),
+                 lambda: f"gconv_ext: grad_out must have the output shape [B, C_out, |G|, H', W'] = "
+                         f"{[input.shape[0], co, n, oh, ow]}, got {list(grad_out.shape)}")
+    torch._check(grad_out.dtype == input.dtype,
+                 lambda: f"gconv_ext: grad_out must have the dtype of input ({input.dtype}), got {grad_out.dtype}")
     grad_input = None
     if output_mask[0]:
         go = grad_out.reshape(grad_out.shape[0], co * n, grad_out.shape[3], grad_out.shape[4])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .._args import fake_floating, fake_group_order
 from ..groups import Group, group_from_name
 from . import reference
 
@@ -70,27 +71,30 @@ def group_filter(weight: torch.Tensor, group: Group | str, disk_mask: bool = Fal
 def _register() -> None:
     ops = torch.ops.gconv_ext
 
-    def order(rotations: int, reflections: bool) -> int:
-        torch._check(rotations >= 1, lambda: f"gconv_ext: rotations must be >= 1, got {rotations}")
-        return rotations * (2 if reflections else 1)
+    order = fake_group_order
+
+    def check(t: torch.Tensor, name: str, dim: int) -> None:  # csrc/filter_transform.cpp check_filter
+        torch._check(t.dim() == dim, lambda: f"gconv_ext: {name} must be {dim}-D, got {t.dim()}-D")
+        fake_floating(t, name)
+        torch._check(t.shape[-1] == t.shape[-2] and t.shape[-1] >= 1,
+                     lambda: f"gconv_ext: {name} must have a square kernel of size >= 1, got {list(t.shape[-2:])}")
 
     @torch.library.register_fake("gconv_ext::lift_filter")
     def _(weight, rotations, reflections, disk_mask):
-        torch._check(weight.dim() == 4, lambda: f"gconv_ext: weight must be 4-D, got {weight.dim()}-D")
-        torch._check(weight.shape[-1] == weight.shape[-2], lambda: "gconv_ext: weight must have a square kernel")
+        check(weight, "weight", 4)
         co, ci, k, _ = weight.shape
         return weight.new_empty((co, order(rotations, reflections), ci, k, k))
 
     @torch.library.register_fake("gconv_ext::lift_filter_backward")
     def _(grad, rotations, reflections, disk_mask):
-        torch._check(grad.dim() == 5, lambda: f"gconv_ext: grad must be 5-D, got {grad.dim()}-D")
+        check(grad, "grad", 5)
         torch._check(grad.shape[1] == order(rotations, reflections), lambda: "gconv_ext: grad.shape[1] must be |G|")
         co, _, ci, k, _ = grad.shape
         return grad.new_empty((co, ci, k, k))
 
     @torch.library.register_fake("gconv_ext::group_filter")
     def _(weight, rotations, reflections, disk_mask):
-        torch._check(weight.dim() == 5, lambda: f"gconv_ext: weight must be 5-D, got {weight.dim()}-D")
+        check(weight, "weight", 5)
         n = order(rotations, reflections)
         torch._check(weight.shape[2] == n, lambda: "gconv_ext: weight.shape[2] must be |G|")
         co, ci, _, k, _ = weight.shape
@@ -98,7 +102,7 @@ def _register() -> None:
 
     @torch.library.register_fake("gconv_ext::group_filter_backward")
     def _(grad, rotations, reflections, disk_mask):
-        torch._check(grad.dim() == 6, lambda: f"gconv_ext: grad must be 6-D, got {grad.dim()}-D")
+        check(grad, "grad", 6)
         n = order(rotations, reflections)
         torch._check(grad.shape[1] == n and grad.shape[3] == n, lambda: "gconv_ext: grad.shape[1] and [3] must be |G|")
         co, _, ci, _, k, _ = grad.shape

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .._args import fake_floating, fake_same_device
 from . import reference
 
 __all__ = ["group_pool"]
@@ -42,9 +43,11 @@ def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
 def _register() -> None:
     ops = torch.ops.gconv_ext
 
-    def check(input, mode):
+    def check(input, mode):  # csrc/group_pool.cpp
         torch._check(mode in ("max", "mean"), lambda: f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
         torch._check(input.dim() == 5, lambda: f"gconv_ext: input must be 5-D, got {input.dim()}-D")
+        fake_floating(input, "input")
+        torch._check(input.shape[2] >= 1, lambda: "gconv_ext: the group axis (input.shape[2]) must be non-empty")
 
     @torch.library.register_fake("gconv_ext::group_pool")
     def _(input, mode):
@@ -53,9 +56,11 @@ def _register() -> None:
 
     @torch.library.register_fake("gconv_ext::group_pool_backward")
     def _(grad_out, input, mode):
+        fake_same_device(grad_out=grad_out, input=input)
         check(input, mode)
         torch._check(grad_out.shape == (input.shape[0], input.shape[1], input.shape[3], input.shape[4]),
                      lambda: "gconv_ext: grad_out must have shape [B, C, H, W] of input")
+        torch._check(grad_out.dtype == input.dtype, lambda: "gconv_ext: grad_out must have the dtype of input")
         return input.new_empty(input.shape)
 
     def setup_pool(ctx, inputs, output):

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
-from .._args import int_pair
+from .._args import MAX_EXTENT, fake_floating, fake_pair, fake_same_device, int_pair
 from . import reference
 
 __all__ = ["group_max_pool2d", "group_avg_pool2d"]
@@ -77,37 +77,49 @@ def group_avg_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None
 def _register() -> None:
     ops = torch.ops.gconv_ext
 
-    def out_shape(input_shape, kernel_size, stride, padding):
+    def out_shape(input_shape, kernel_size, stride, padding):  # csrc/spatial_pool.cpp geometry()
         shape = list(input_shape)
         torch._check(len(shape) in (4, 5), lambda: f"gconv_ext: input must be 4-D or 5-D, got {len(shape)}-D")
-        torch._check(len(kernel_size) == 2 and len(stride) == 2 and len(padding) == 2,
-                     lambda: "gconv_ext: kernel_size, stride and padding must have 2 elements")
-        torch._check(min(kernel_size) >= 1 and min(stride) >= 1 and min(padding) >= 0,
-                     lambda: "gconv_ext: kernel_size and stride must be >= 1, padding >= 0")
+        fake_pair(kernel_size, "kernel_size", 1)
+        fake_pair(stride, "stride", 1)
+        fake_pair(padding, "padding", 0)
+        padded = 1
         for d in range(2):
             size, k, s, p = shape[-2 + d], kernel_size[d], stride[d], padding[d]
             torch._check(2 * p <= k, lambda: "gconv_ext: padding must be at most half the kernel size")
             torch._check(size >= 1 and size + 2 * p >= k,
                          lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k}, padding {p}")
+            padded *= size + 2 * p
             shape[-2 + d] = (size + 2 * p - k) // s + 1
+        torch._check(padded <= MAX_EXTENT, lambda: "gconv_ext: the padded input plane must have at most 2^31 "
+                                                   "elements; use a smaller kernel_size and padding")
         return shape
+
+    def check_map(t, name):
+        fake_floating(t, name)
 
     @torch.library.register_fake("gconv_ext::group_max_pool2d")
     def _(input, kernel_size, stride, padding):
+        check_map(input, "input")
         return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
 
     @torch.library.register_fake("gconv_ext::group_avg_pool2d")
     def _(input, kernel_size, stride, padding):
+        check_map(input, "input")
         return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
 
     @torch.library.register_fake("gconv_ext::group_max_pool2d_gather")
     def _(values, input, kernel_size, stride, padding):
+        fake_same_device(values=values, input=input)
+        check_map(input, "input")
         torch._check(values.shape == input.shape, lambda: "gconv_ext: values must have the shape of input")
         torch._check(values.dtype == input.dtype, lambda: "gconv_ext: values must have the dtype of input")
         return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
 
     @torch.library.register_fake("gconv_ext::group_max_pool2d_backward")
     def _(grad_out, input, kernel_size, stride, padding):
+        fake_same_device(grad_out=grad_out, input=input)
+        check_map(input, "input")
         expected = out_shape(input.shape, kernel_size, stride, padding)
         torch._check(list(grad_out.shape) == expected,
                      lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
@@ -116,6 +128,7 @@ def _register() -> None:
 
     @torch.library.register_fake("gconv_ext::group_avg_pool2d_backward")
     def _(grad_out, input_size, kernel_size, stride, padding):
+        check_map(grad_out, "grad_out")
         expected = out_shape(input_size, kernel_size, stride, padding)
         torch._check(list(grad_out.shape) == expected,
                      lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")

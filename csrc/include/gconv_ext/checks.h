@@ -12,9 +12,18 @@
 
 namespace gconv_ext {
 
+// The largest N of C_N / D_N: the transform plans and Cayley tables grow as |G|^2 (N = 1024: 16 MB), and
+// group_order(N, true) must not overflow. gconv_ext/_args.py MAX_ROTATIONS is the same number.
+constexpr int64_t kMaxRotations = 1024;
+
 inline void check_group(int64_t rotations) {
-  TORCH_CHECK_VALUE(rotations >= 1, "gconv_ext: rotations (N of C_N/D_N) must be >= 1, got ", rotations);
+  TORCH_CHECK_VALUE(rotations >= 1 && rotations <= kMaxRotations,
+                    "gconv_ext: rotations (N of C_N/D_N) must be in [1, ", kMaxRotations, "], got ", rotations);
 }
+
+// The largest kernel size, stride, padding or dilation, and padded plane side: products of two of them stay far
+// from int64 overflow, and backends index planes with them. Larger values are errors, not wrap-arounds.
+constexpr int64_t kMaxExtent = int64_t(1) << 31;
 
 // t.size(dim) must be |G| of C_N (D_N when reflections).
 inline void check_order(const at::Tensor& t, const char* name, int64_t dim, int64_t rotations, bool reflections) {
@@ -33,7 +42,7 @@ template <typename T>
 inline void check_pair(c10::ArrayRef<T> v, const char* name, int64_t min) {
   TORCH_CHECK_VALUE(v.size() == 2, "gconv_ext: ", name, " must have 2 elements, got ", v.size());
   for (const auto& e : v) {
-    TORCH_CHECK_VALUE(e >= min, "gconv_ext: ", name, " must be >= ", min, ", got ", v);
+    TORCH_CHECK_VALUE(e >= min && e < kMaxExtent, "gconv_ext: ", name, " must be in [", min, ", 2^31), got ", v);
   }
 }
 
