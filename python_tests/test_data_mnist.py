@@ -19,18 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from gconv_ext.data import evalsets, mnist, paths  # noqa: E402
-from gconv_ext.data.evalsets import (  # noqa: E402
+from gconv_ext.data import evalsets, mnist, paths
+from gconv_ext.data.evalsets import (
     RotatedMNIST,
     fixed_angle_test_sets,
     make_rotated_mnist,
     rotated_test_set,
 )
-from gconv_ext.data.mnist import (  # noqa: E402
+from gconv_ext.data.mnist import (
     MEAN,
     MNIST_CLASS_COUNTS,
     MNIST_FILES,
@@ -41,7 +37,7 @@ from gconv_ext.data.mnist import (  # noqa: E402
     to_float01,
     to_normalized_float,
 )
-from gconv_ext.data.paths import (  # noqa: E402
+from gconv_ext.data.paths import (
     ChecksumError,
     DataFileError,
     DataFileNotFoundError,
@@ -49,7 +45,7 @@ from gconv_ext.data.paths import (  # noqa: E402
     atomic_write_bytes,
     default_data_dir,
 )
-from gconv_ext.data.transforms import rotate  # noqa: E402
+from gconv_ext.data.transforms import rotate
 
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

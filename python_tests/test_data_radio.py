@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import pickle
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from gconv_ext.data import paths  # noqa: E402
-from gconv_ext.data.paths import (  # noqa: E402
+from gconv_ext.data import paths
+from gconv_ext.data.paths import (
     ChecksumError,
     DataFileError,
     DataFileNotFoundError,
     UnsafePickleError,
     default_data_dir,
 )
-from gconv_ext.data.radio import (  # noqa: E402
+from gconv_ext.data.radio import (
     FRDEEP_ARCHIVES,
     FRDEEP_CLASSES,
     FRDEEP_MEMBER_MD5,

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from gconv_ext.data.transforms import flip, random_rotation, rotate
+from gconv_ext.ops import reference
 
-from gconv_ext.data.transforms import flip, random_rotation, rotate  # noqa: E402
-from gconv_ext.ops import reference  # noqa: E402
-
-from tolerances import F64, interp_atol  # noqa: E402
+from tolerances import F64, interp_atol
 
 F32 = torch.float32
 

@@ -30,7 +30,9 @@ from .radio import (
     RestrictedUnpickler,
     load_cifar_style_batches,
     load_frdeep,
+    load_frdeep_splits,
     load_mirabest_early,
+    load_mirabest_early_splits,
     restricted_loads,
 )
 from .transforms import flip, random_rotation, rotate
@@ -53,7 +55,9 @@ __all__ = [
     "flip",
     "load_cifar_style_batches",
     "load_frdeep",
+    "load_frdeep_splits",
     "load_mirabest_early",
+    "load_mirabest_early_splits",
     "load_mnist",
     "make_rotated_mnist",
     "normalize",

@@ -21,9 +21,7 @@ import os
 import pickle
 import threading
 from pathlib import Path
-from typing import Any
 
-import torch
 
 DATA_DIR_ENV = "GCONV_EXT_DATA_DIR"
 CACHE_DIR_ENV = "GCONV_EXT_CACHE_DIR"

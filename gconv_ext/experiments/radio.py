@@ -71,7 +71,7 @@ from typing import Any
 import torch
 
 from ..analysis.report import markdown_table, mean_std, save_figure, write_csv, write_text
-from ..data import load_frdeep, load_mirabest_early
+from ..data import load_frdeep_splits, load_mirabest_early_splits
 from ..io import write_json
 from ..models.common import count_parameters
 from ..models.lenet import lenet, pad_to_odd
@@ -234,10 +234,10 @@ def load_radio_data(cfg: RadioConfig) -> dict[str, torch.Tensor]:
     d, t = cfg["data"], cfg["training"]
     datadir = d["datadir"] or None
     if d["dataset"] == "mirabest-early":
-        train, test = load_mirabest_early(datadir, "train"), load_mirabest_early(datadir, "test")
+        train, test = load_mirabest_early_splits(datadir)
     else:
         survey = "FIRST" if d["dataset"] == "frdeep-f" else "NVSS"
-        train, test = load_frdeep(datadir, survey, "train"), load_frdeep(datadir, survey, "test")
+        train, test = load_frdeep_splits(datadir, survey)
     out = {}
     for name, (x, y), limit in (("train", train, t["max_train"]), ("test", test, t["max_test"])):
         if limit and limit < x.shape[0]:

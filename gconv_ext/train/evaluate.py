@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from gconv_ext.analysis.canonicalization import CANONICALIZATION_ANGLES, canonicalization_error
 from gconv_ext.data import fixed_angle_test_sets, load_mnist, to_normalized_float
@@ -40,7 +40,7 @@ from gconv_ext.io import atomic_torch_save, atomic_write_bytes, write_csv, write
 from gconv_ext.models import STN, count_parameters
 from gconv_ext.provenance import provenance
 from gconv_ext.train.checkpoint import model_from_checkpoint
-from gconv_ext.train.datasets import DATASETS, dataset_spec
+from gconv_ext.train.datasets import dataset_spec
 from gconv_ext.train.engine import accuracy
 
 __all__ = [
