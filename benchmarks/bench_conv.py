@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit, train_step  # noqa: E402
+from common import fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
-from gconv_ext.groups import Group  # noqa: E402
 from gconv_ext.ops import group_conv2d, lifting_conv2d, reference  # noqa: E402
 
 
@@ -46,10 +45,7 @@ def main() -> None:
     p.add_argument("--groups", nargs="+", default=["C4", "D4", "C8"])
     p.add_argument("--repeat", type=int, default=10)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    info = gconv_ext.build_info()
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, compiled={info['compiled']}, "
-          f"B={args.batch} C={args.channels} H=W={args.size} k={args.k}")
+    setup_run(args.threads, args.device, f"B={args.batch} C={args.channels} H=W={args.size} k={args.k}")
     dev, c, k, pad = torch.device(args.device), args.channels, args.k, args.k // 2
     rows = []
     for name in args.groups:

@@ -12,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit, train_step  # noqa: E402
+from common import fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.groups import Group  # noqa: E402
@@ -28,9 +28,7 @@ def main() -> None:
     p.add_argument("--orders", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--repeat", type=int, default=15)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    info = gconv_ext.build_info()
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, compiled={info['compiled']}")
+    setup_run(args.threads, args.device)
     c, k, dev = args.channels, args.k, torch.device(args.device)
     rows = []
     for n in args.orders:

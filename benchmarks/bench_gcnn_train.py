@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gconv_ext  # noqa: E402
 from gconv_ext.models import GCNN, count_parameters, gcnn_preset  # noqa: E402
 from gconv_ext.ops import reference  # noqa: E402
+from common import setup_run  # noqa: E402
 
 
 class StudyGCNN(nn.Module):
@@ -108,10 +109,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     model = gcnn_preset(args.preset)
-    print(f"GCNN {args.preset} ({count_parameters(model):,} parameters), batch {args.batch}, {args.threads} threads, "
-          f"torch {torch.__version__}, compiled={gconv_ext.build_info()['compiled']}")
+    setup_run(args.threads, "cpu", f"GCNN {args.preset} ({count_parameters(model):,} parameters), batch {args.batch}")
     study, floor = StudyGCNN(model, True), StudyGCNN(model, False)
     convs = StudyGCNN(model, False, convs_only=True)
     x = torch.randn(4, 1, 28, 28)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, train_step  # noqa: E402
+from common import fmt_ms, print_table, setup_run, train_step  # noqa: E402
 from common import timeit as _timeit  # noqa: E402
 
 import gconv_ext  # noqa: E402
@@ -60,11 +60,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-e2cnn", action="store_true", help="skip the e2cnn comparison")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     use_e2cnn = enn is not None and not args.no_e2cnn
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU, compiled={gconv_ext.build_info()['compiled']}, "
-          f"e2cnn={'yes' if use_e2cnn else 'not installed'}; k={args.k}, {args.size}x{args.size}, padding k//2")
+    setup_run(args.threads, "cpu", f"e2cnn={'yes' if use_e2cnn else 'not installed'}; k={args.k}, "
+              f"{args.size}x{args.size}, padding k//2")
     k, pad, hw = args.k, args.k // 2, args.size
     rows, pool_rows, bf16_rows = [], [], []
     for batch in args.batches:

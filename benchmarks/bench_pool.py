@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, timeit  # noqa: E402
+from common import fmt_ms, print_table, setup_run, timeit  # noqa: E402
 
-import gconv_ext  # noqa: E402
 from gconv_ext.ops import group_avg_pool2d, group_max_pool2d  # noqa: E402
 
 
@@ -39,10 +38,7 @@ def main() -> None:
     p.add_argument("--padding", type=int, default=0)
     p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    info = gconv_ext.build_info()
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, compiled={info['compiled']}, "
-          f"shape {args.shape}, k={args.k} s={args.stride} p={args.padding}")
+    setup_run(args.threads, args.device, f"shape {args.shape}, k={args.k} s={args.stride} p={args.padding}")
     dev = torch.device(args.device)
     k, s, pad = args.k, args.stride, args.padding
     x = torch.randn(*args.shape, device=dev)

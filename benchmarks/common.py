@@ -7,6 +7,9 @@ from typing import Callable
 
 import torch
 
+import gconv_ext
+from gconv_ext.provenance import cpu_model
+
 
 def timeit(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 15, min_time: float = 0.0) -> float:
     """Median seconds per call of ``fn`` (CUDA-synchronised when a GPU is in use)."""
@@ -42,3 +45,12 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def setup_run(threads: int, device: str = "cpu", details: str = "") -> None:
+    """Set the thread count and print what every figure must be read with: the CPU (or GPU) model, threads,
+    torch version, whether the compiled extension is in use, and the run's own settings."""
+    torch.set_num_threads(threads)
+    where = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else cpu_model()
+    print(f"{where}; {threads} threads; device {device}; torch {torch.__version__}; "
+          f"compiled={gconv_ext.build_info()['compiled']}" + (f"; {details}" if details else ""))
