@@ -47,6 +47,20 @@ def shared_data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def data_dir(shared_data_dir: Path) -> Path:
+    """The shared data folder (the data tests' name for :func:`shared_data_dir`)."""
+    return shared_data_dir
+
+
+def shared_file(data_dir: Path, relpath: str) -> Path:
+    """``data_dir / relpath``, or skip the test when that file is not there."""
+    path = data_dir / relpath
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -54,14 +54,6 @@ TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    try:
-        return default_data_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(f"shared data folder not available: {exc}")
-
-
-@pytest.fixture(scope="session")
 def mnist_src(data_dir: Path) -> Path:
     folder = data_dir / "mnist"
     if not (folder / "t10k-images-idx3-ubyte.gz").is_file():

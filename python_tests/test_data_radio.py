@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import shared_file
+
 from gconv_ext.data import paths
 from gconv_ext.data.paths import (
     ChecksumError,
     DataFileError,
     DataFileNotFoundError,
     UnsafePickleError,
-    default_data_dir,
 )
 from gconv_ext.data.radio import (
     FRDEEP_ARCHIVES,
@@ -37,19 +38,8 @@ from gconv_ext.data.radio import (
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    try:
-        return default_data_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(f"shared data folder not available: {exc}")
-
-
-@pytest.fixture(scope="session")
 def first_archive(data_dir: Path) -> Path:
-    p = data_dir / "frdeep" / "FIRST_PNG_dataset.tar.gz"
-    if not p.is_file():
-        pytest.skip(f"{p} not present")
-    return p
+    return shared_file(data_dir, "frdeep/FIRST_PNG_dataset.tar.gz")
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +50,7 @@ def first_members(first_archive: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def mirabest_archive(data_dir: Path) -> Path:
-    p = data_dir / "mirabest_early_2019" / "batches.tar.gz"
-    if not p.is_file():
-        pytest.skip(f"{p} not present")
-    return p
+    return shared_file(data_dir, "mirabest_early_2019/batches.tar.gz")
 
 
 @pytest.fixture(autouse=True)
