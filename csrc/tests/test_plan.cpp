@@ -2,6 +2,7 @@
 // its transpose holds the same entries, quarter turns are single-tap permutations, rows sum to one
 // inside the filter, and the CPU forward/backward satisfy <T w, y> = <w, T^T y>.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
 #include <cstdio>
@@ -11,14 +12,28 @@
 #include "gconv_ext/ops.h"
 #include "gconv_ext/plan.h"
 
-namespace gconv_ext {
-at::Tensor lift_filter(const at::Tensor& weight, int64_t rotations, bool reflections, bool disk_mask);
-at::Tensor lift_filter_backward(const at::Tensor& grad, int64_t rotations, bool reflections, bool disk_mask);
-at::Tensor group_filter(const at::Tensor& weight, int64_t rotations, bool reflections, bool disk_mask);
-at::Tensor group_filter_backward(const at::Tensor& grad, int64_t rotations, bool reflections, bool disk_mask);
-}  // namespace gconv_ext
-
 using namespace gconv_ext;
+
+// The transform ops as registered (CPU tensors: the CPU kernels of cpu/filter_transform_cpu.cpp).
+static at::Tensor call_transform(const char* name, const at::Tensor& t, int64_t rotations, bool reflections,
+                                 bool disk_mask) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<at::Tensor(const at::Tensor&, int64_t, bool, bool)>()
+      .call(t, rotations, reflections, disk_mask);
+}
+static at::Tensor lift_filter(const at::Tensor& w, int64_t n, bool refl, bool disk) {
+  return call_transform("gconv_ext::lift_filter", w, n, refl, disk);
+}
+static at::Tensor lift_filter_backward(const at::Tensor& g, int64_t n, bool refl, bool disk) {
+  return call_transform("gconv_ext::lift_filter_backward", g, n, refl, disk);
+}
+static at::Tensor group_filter(const at::Tensor& w, int64_t n, bool refl, bool disk) {
+  return call_transform("gconv_ext::group_filter", w, n, refl, disk);
+}
+static at::Tensor group_filter_backward(const at::Tensor& g, int64_t n, bool refl, bool disk) {
+  return call_transform("gconv_ext::group_filter_backward", g, n, refl, disk);
+}
 
 static int failures = 0;
 #define EXPECT(cond, ...)                                          \
