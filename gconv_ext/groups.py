@@ -169,8 +169,9 @@ class Group:
                              f"{tuple(getattr(elements, 'shape', ()))}")
         if elements.numel() and (int(elements.min()) < 0 or int(elements.max()) >= self.order):
             raise ValueError(f"elements must be indices in [0, {self.order}) of {self.name}")
-        flips = elements.cpu() >= self._n
-        angles = (elements.cpu() % self._n).to(torch.float64) * (360.0 / self._n)
+        elements = elements.cpu()
+        flips = elements >= self._n
+        angles = (elements % self._n).to(torch.float64) * (360.0 / self._n)
         if inverse:
             return _flip_where(rotate_images(images, -angles), flips)
         return rotate_images(_flip_where(images, flips), angles)
@@ -242,7 +243,7 @@ def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor | float | int) 
         images are resampled bilinearly with zero fill, same output size.
     """
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.torch.Tensor, got {type(images).__name__}")
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"images must have shape [B,C,H,W], got shape {tuple(images.shape)}")
     if not images.is_floating_point():

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from gconv_ext.losses.ien import DEPRECATED_TRANSFORM_NAMES, TRANSFORMS
 from gconv_ext.train.datasets import DATASETS, dataset_spec
 
 __all__ = [
@@ -51,9 +52,9 @@ TRAIN_ROTATIONS = ("none", "uniform")
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64", "auto")
 LR_SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-IEN_TRANSFORMS = ("C4", "D4", "C8")
+IEN_TRANSFORMS = tuple(TRANSFORMS)
 #: ``ien_transforms`` before the transforms were named by their group (read as the new names).
-_OLD_IEN_TRANSFORMS = {"rot90": "C4", "rot90+flip": "D4", "rot45": "C8"}
+_OLD_IEN_TRANSFORMS = DEPRECATED_TRANSFORM_NAMES
 MONITORS = ("val_acc", "val_loss")
 
 #: The settings each recipe gives the fields left as None.
