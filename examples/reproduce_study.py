@@ -46,9 +46,11 @@ MODELS = {
               ("STN single rotation", "stn-single-rotation", "matched", "study", None),
               ("CNN", "cnn", "matched", "study", None)],
     "full": [("GCNN C4/4/16", "gcnn", "C4/4/16", "default", None),
-             ("STN canonical (C8 equivariant localiser)", "stn-single-canonical", "matched", "default", None),
+             ("STN canonical, C8 localiser, 7 fields", "stn-single-canonical", "under103k", "default", None),
              ("CNN", "cnn", "matched", "default", None),
-             ("GCNN C4/4/16, study recipe", "gcnn", "C4/4/16", "study", (0,))],
+             ("GCNN C4/4/16, study recipe", "gcnn", "C4/4/16", "study", (0,)),
+             # The first full STN runs: 8 localiser fields, 104,235 parameters (over the 103K budget).
+             ("STN canonical (C8 equivariant localiser)", "stn-single-canonical", "matched", "default", (0,))],
 }
 BUDGETS = {
     "smoke": dict(epochs=1, train_limit=512, val_limit=256, test_limit=256, angle_step=90),

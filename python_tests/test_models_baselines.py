@@ -582,6 +582,8 @@ def test_registry_canonical_stn() -> None:
     matched = build_model("stn-single-canonical", preset="matched")
     assert isinstance(matched, STN) and matched.loc_kind == "equivariant" and matched.mode == "single"
     assert count_parameters(matched) == 104_235 and matched.loc_group.name == "C8"
+    small = build_model("stn-single-canonical", preset="under103k")
+    assert (small.channels, small.loc_channels, count_parameters(small)) == (30, 7, 101_207)
     tiny = build_model("stn-single-canonical", preset="tiny", group="C16")
     assert (tiny.channels, tiny.layers, tiny.loc_channels, tiny.loc_group.name) == (8, 2, 4, "C16")
     assert tiny(torch.randn(2, 1, 28, 28)).shape == (2, 10)
