@@ -6,7 +6,6 @@ pure-PyTorch reference, measured in the same run.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
+from common import base_parser, fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.ops import group_conv2d, lifting_conv2d, reference  # noqa: E402
@@ -35,15 +34,12 @@ def unfused_group(x, w, b, g, padding=0):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p = base_parser(__doc__, repeat=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--groups", nargs="+", default=["C4", "D4", "C8"])
-    p.add_argument("--repeat", type=int, default=10)
     args = p.parse_args()
     setup_run(args.threads, args.device, f"B={args.batch} C={args.channels} H=W={args.size} k={args.k}")
     dev, c, k, pad = torch.device(args.device), args.channels, args.k, args.k // 2

@@ -5,14 +5,13 @@ study-style grid_sample baseline, measured in the same run (C_out = C_in = 32, k
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
+from common import base_parser, fmt_ms, print_table, setup_run, timeit, train_step  # noqa: E402
 
 import gconv_ext  # noqa: E402
 from gconv_ext.groups import Group  # noqa: E402
@@ -20,13 +19,10 @@ from gconv_ext.ops import reference  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p = base_parser(__doc__, repeat=15)
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--orders", type=int, nargs="+", default=[4, 8, 16])
-    p.add_argument("--repeat", type=int, default=15)
     args = p.parse_args()
     setup_run(args.threads, args.device)
     c, k, dev = args.channels, args.k, torch.device(args.device)

@@ -8,7 +8,6 @@ on a channels_last copy (the layout conversions of input and gradient included).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fmt_ms, print_table, setup_run, timeit  # noqa: E402
+from common import base_parser, fmt_ms, print_table, setup_run, timeit  # noqa: E402
 
 from gconv_ext.ops import group_avg_pool2d, group_max_pool2d  # noqa: E402
 
@@ -29,14 +28,11 @@ def fwd_bwd(fn, x, grad):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p = base_parser(__doc__, repeat=30)
     p.add_argument("--shape", type=int, nargs=4, default=[32, 64, 22, 22])
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--padding", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=30)
     args = p.parse_args()
     setup_run(args.threads, args.device, f"shape {args.shape}, k={args.k} s={args.stride} p={args.padding}")
     dev = torch.device(args.device)

@@ -1,6 +1,7 @@
 """Timing helpers for the benchmark scripts: median of repeated runs after warm-up."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Callable
@@ -45,6 +46,17 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("---" for _ in header) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def base_parser(description: str | None, repeat: int, device: bool = True) -> argparse.ArgumentParser:
+    """The flags every kernel benchmark takes: ``--threads`` (2, the project machines' cores), ``--device``
+    and ``--repeat`` (timed calls per figure)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    if device:
+        p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=repeat)
+    return p
 
 
 def setup_run(threads: int, device: str = "cpu", details: str = "") -> None:

@@ -367,7 +367,7 @@ def test_stn_parameter_counts() -> None:
     assert stn_parameter_count("single", "rotation") - stn_parameter_count("single", "rotation-tanh") == 17
     for (mode, head), n in expected_default.items():
         assert count_parameters(STN(mode, head)) == stn_parameter_count(mode, head) == n
-        model = stn_for_params(GCNN_C4_4_16_PARAMS, mode, head)
+        model = stn_for_params(GCNN_C4_4_16_PARAMS, mode=mode, head=head)
         assert (model.channels, count_parameters(model)) == expected_matched[(mode, head)]
         assert abs(count_parameters(model) / 102_970 - 1) < 0.03
     for kwargs in [dict(channels=5, layers=3, loc_channels=3, kernel_size=3),

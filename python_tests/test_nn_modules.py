@@ -597,3 +597,22 @@ def test_no_warning_from_unstrided_layers_at_odd_sizes():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         net(torch.randn(1, 1, 13, 13))
+
+
+@pytest.mark.parametrize("disk", [False, True])
+def test_modules_build_on_the_meta_device_without_poisoning_caches(disk):
+    # Building under ``torch.device("meta")`` (deferred init of a large model) must work: the constants the
+    # constructors compute (disk mask, transform matrix for the init gain) are built on the CPU, and the
+    # cached transform matrix must stay a CPU tensor for the modules built afterwards.
+    from gconv_ext.ops import reference  # noqa: PLC0415
+
+    k, group = 7, "C8"  # a (k, group) pair no other test caches first
+    with torch.device("meta"):
+        lift = gnn.LiftingConv2d(1, 3, k, group, disk_mask=disk)
+        gconv = gnn.GroupConv2d(3, 2, k, group, disk_mask=disk)
+    assert lift.weight.device.type == "meta" and gconv.weight.device.type == "meta"
+    assert reference.transform_matrix(Group(8), k, disk).device.type == "cpu"
+    real = gnn.GroupConv2d(3, 2, k, group, disk_mask=disk)
+    assert real.weight.device.type == "cpu" and torch.isfinite(real.weight).all()
+    assert real.weight.std() > 0
+    assert gconv.weight.shape == real.weight.shape and lift.weight.shape[:2] == (3, 1)

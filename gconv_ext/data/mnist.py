@@ -74,23 +74,17 @@ class MnistFileInfo:
         return self.magic == 0x803
 
 
-#: The four original files (sizes and MD5s from the data README / the originals).
+#: The four original files (sizes and MD5s from the data README / the originals), one per row:
+#: name, IDX magic, item count, .gz MD5, raw MD5, .gz size, raw size.
+_MNIST_TABLE = """
+train-images-idx3-ubyte 0x803 60000 f68b3c2dcbeaaa9fbdd348bbdeb94873 6bbc9ace898e44ae57da46a324031adb 9912422 47040016
+train-labels-idx1-ubyte 0x801 60000 d53e105ee54ea40749a09fcbcd1e9432 a25bea736e30d166cdddb491f175f624   28881    60008
+t10k-images-idx3-ubyte  0x803 10000 9fb629c4189551a2d022fa330f9573f3 2646ac647ad5339dbf082846283269ea 1648877  7840016
+t10k-labels-idx1-ubyte  0x801 10000 ec29112dd5afa0611ce80d1b7f02629c 27ae3e4e09519cfbb04c329615203637    4542    10008
+"""
 MNIST_FILES: dict[str, MnistFileInfo] = {
-    info.name: info
-    for info in (
-        MnistFileInfo("train-images-idx3-ubyte", 0x803, 60000,
-                      "f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb",
-                      9912422, 47040016),
-        MnistFileInfo("train-labels-idx1-ubyte", 0x801, 60000,
-                      "d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624",
-                      28881, 60008),
-        MnistFileInfo("t10k-images-idx3-ubyte", 0x803, 10000,
-                      "9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea",
-                      1648877, 7840016),
-        MnistFileInfo("t10k-labels-idx1-ubyte", 0x801, 10000,
-                      "ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637",
-                      4542, 10008),
-    )
+    name: MnistFileInfo(name, int(magic, 16), int(count), gz_md5, raw_md5, int(gz_size), int(raw_size))
+    for name, magic, count, gz_md5, raw_md5, gz_size, raw_size in map(str.split, _MNIST_TABLE.strip().splitlines())
 }
 
 _SPLIT_FILES: dict[str, tuple[str, str]] = {

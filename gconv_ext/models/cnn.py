@@ -27,11 +27,13 @@ here the pool is ``x.mean((-2, -1))`` and the output is always ``[B, num_classes
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gconv_ext.models.common import check_int, layer_norm_chw
+from gconv_ext.models.common import check_int, closest_channels, layer_norm_chw
 
 __all__ = ["CNN", "cnn_parameter_count", "cnn_for_params", "GCNN_C4_4_16_PARAMS"]
 
@@ -129,32 +131,17 @@ def cnn_parameter_count(
     return first + rest + channels * num_classes + num_classes
 
 
-def cnn_for_params(
-    target: int = GCNN_C4_4_16_PARAMS,
-    layers: int = 5,
-    kernel_size: int = 5,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    input_size: int = 28,
-) -> CNN:
-    """The :class:`CNN` with ``layers`` layers whose parameter count is closest to ``target``.
+def cnn_for_params(target: int = GCNN_C4_4_16_PARAMS, **kwargs: Any) -> CNN:
+    """The :class:`CNN` whose parameter count is closest to ``target``; ``kwargs`` are :class:`CNN`'s other
+    arguments (``layers``, ``kernel_size``, ...).
 
     Only the channel count is searched (ties go to fewer channels). With the defaults (target =
     the GCNN C4/4/16's 102,970 and 5 layers) it returns ``CNN(channels=32, layers=5)``: 103,690
     parameters, 0.70% above the target.
     """
-    check_int("target", target)
-    for name, value in (("layers", layers), ("kernel_size", kernel_size),
-                        ("in_channels", in_channels), ("num_classes", num_classes)):
-        check_int(name, value)
-    best = 1
-    channels = 1
-    while True:
-        count = cnn_parameter_count(channels, layers, kernel_size, in_channels, num_classes)
-        if abs(count - target) < abs(cnn_parameter_count(best, layers, kernel_size, in_channels,
-                                                         num_classes) - target):
-            best = channels
-        if count >= target:
-            break
-        channels += 1
-    return CNN(best, layers, kernel_size, in_channels, num_classes, input_size)
+    if "channels" in kwargs:
+        raise ValueError("cnn_for_params searches channels: do not pass channels")
+    probe = CNN(1, **kwargs)  # checks every argument (and the layout) once
+    return CNN(closest_channels(lambda c: cnn_parameter_count(c, probe.layers, probe.kernel_size,
+                                                              probe.in_channels, probe.num_classes), target),
+               **kwargs)

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "check_int",
     "check_float",
     "check_choice",
+    "closest_channels",
 ]
 
 
@@ -34,6 +35,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def closest_channels(count: Callable[[int], int], target: int) -> int:
+    """The channel count ``c >= 1`` whose ``count(c)`` (a parameter count, increasing in ``c``) is closest
+    to ``target``; ties go to fewer channels. ``count`` raises for arguments it rejects."""
+    check_int("target", target)
+    best, best_diff, c = 1, abs(count(1) - target), 1
+    while True:
+        n = count(c)
+        if abs(n - target) < best_diff:
+            best, best_diff = c, abs(n - target)
+        if n >= target:
+            return best
+        c += 1
 
 
 def layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

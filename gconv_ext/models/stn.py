@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +112,7 @@ from torch import nn
 
 from gconv_ext.groups import Group, group_from_name
 from gconv_ext.models.cnn import GCNN_C4_4_16_PARAMS
-from gconv_ext.models.common import check_choice, check_float, check_int, layer_norm_chw
+from gconv_ext.models.common import check_choice, check_float, check_int, closest_channels, layer_norm_chw
 from gconv_ext.nn import GroupAvgPool2d, GroupConv2d, GroupLayerNorm, LiftingConv2d
 
 __all__ = [
@@ -646,62 +647,34 @@ def _localizer_count(in_channels: int, loc_channels: int, k2: int, head: str, po
     return convs + loc_channels * outputs + outputs
 
 
-def stn_parameter_count(
-    mode: str = "single",
-    head: str = "rotation",
-    channels: int = 32,
-    layers: int = 5,
-    loc_channels: int = 16,
-    kernel_size: int = 5,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    loc_pool: str = "mean",
-    loc_kind: str = "cnn",
-    loc_group: Group | str = DEFAULT_LOC_GROUP,
-    loc_readout: str = DEFAULT_LOC_READOUT,
-) -> int:
-    """Closed-form parameter count of :class:`STN` (equals ``count_parameters(STN(...))``).
+def stn_parameter_count(*args: Any, **kwargs: Any) -> int:
+    """Closed-form parameter count of ``STN(*args, **kwargs)`` (equals ``count_parameters(STN(...))``).
 
-    The equivariant localiser (``loc_kind="equivariant"``, group ``C_N``, ``C = loc_channels``, ``k^2``
-    taps, ``in_channels`` inputs) has ``in_channels*C*k^2 + C`` (lifting conv) ``+ C*C*N*k^2 + C``
-    (group conv) ``+ C`` (the ``"dipole"`` or ``"group"`` readout; ``2C`` for ``"both"``) ``+ 1``
-    (offset) parameters; the taps outside the disk mask are counted, as ``count_parameters`` counts them
-    (they stay 0).
+    Takes :class:`STN`'s arguments and raises its ``ValueError`` for bad ones (they are checked by
+    building the model on the meta device, which allocates nothing). The equivariant localiser
+    (``loc_kind="equivariant"``, group ``C_N``, ``C = loc_channels``, ``k^2`` taps, ``in_channels``
+    inputs) has ``in_channels*C*k^2 + C`` (lifting conv) ``+ C*C*N*k^2 + C`` (group conv) ``+ C`` (the
+    ``"dipole"`` or ``"group"`` readout; ``2C`` for ``"both"``) ``+ 1`` (offset) parameters; the taps
+    outside the disk mask are counted, as ``count_parameters`` counts them (they stay 0).
     """
-    check_choice("mode", mode, _MODES)
-    check_choice("head", head, _HEADS)
-    check_choice("loc_pool", loc_pool, _POOLS)
-    check_choice("loc_readout", loc_readout, _READOUTS)
-    group = _check_equivariant_args(mode, head, loc_pool, kernel_size, loc_kind, loc_group)
-    k2 = kernel_size * kernel_size
-    body = (in_channels * channels * k2 + channels
-            + (layers - 1) * (channels * channels * k2 + channels)
-            + channels * num_classes + num_classes)
-    if group is not None:
-        return body + _equivariant_localizer_count(in_channels, loc_channels, k2, group.order, loc_readout)
-    loc = _localizer_count(in_channels, loc_channels, k2, head, loc_pool)
-    if mode == "multi":
-        loc += (layers - 1) * _localizer_count(channels, loc_channels, k2, head, loc_pool)
+    with torch.device("meta"):
+        m = STN(*args, **kwargs)
+    k2 = m.kernel_size * m.kernel_size
+    body = (m.in_channels * m.channels * k2 + m.channels
+            + (m.layers - 1) * (m.channels * m.channels * k2 + m.channels)
+            + m.channels * m.num_classes + m.num_classes)
+    if m.loc_group is not None:
+        return body + _equivariant_localizer_count(m.in_channels, m.loc_channels, k2, m.loc_group.order,
+                                                   m.loc_readout)
+    loc = _localizer_count(m.in_channels, m.loc_channels, k2, m.head, m.loc_pool)
+    if m.mode == "multi":
+        loc += (m.layers - 1) * _localizer_count(m.channels, m.loc_channels, k2, m.head, m.loc_pool)
     return body + loc
 
 
-def stn_for_params(
-    target: int = GCNN_C4_4_16_PARAMS,
-    mode: str = "single",
-    head: str = "rotation",
-    layers: int = 5,
-    loc_channels: int = 16,
-    kernel_size: int = 5,
-    init: str = "identity",
-    in_channels: int = 1,
-    num_classes: int = 10,
-    input_size: int = 28,
-    loc_pool: str = "mean",
-    loc_kind: str = "cnn",
-    loc_group: Group | str = DEFAULT_LOC_GROUP,
-    loc_readout: str = DEFAULT_LOC_READOUT,
-) -> STN:
-    """The :class:`STN` whose parameter count is closest to ``target``, searching ``channels`` only.
+def stn_for_params(target: int = GCNN_C4_4_16_PARAMS, **kwargs: Any) -> STN:
+    """The :class:`STN` whose parameter count is closest to ``target``, searching ``channels`` only;
+    ``kwargs`` are :class:`STN`'s other arguments.
 
     With ``target = 102,970`` (the GCNN C4/4/16), 5 layers and 16 localiser channels:
     single/rotation -> 31 channels, 104,216 parameters (+1.2%); single/rotation-tanh and
@@ -710,27 +683,6 @@ def stn_for_params(
     multi/rotation-sigmoid -> 20 channels, 105,455 (+2.4%); multi/affine -> 19 channels, 100,340
     (-2.6%). Ties go to fewer channels.
     """
-    check_int("target", target)
-    check_choice("loc_readout", loc_readout, _READOUTS)
-    _check_equivariant_args(mode, head, loc_pool, kernel_size, loc_kind, loc_group)
-    for name, value in (("layers", layers), ("loc_channels", loc_channels),
-                        ("kernel_size", kernel_size), ("in_channels", in_channels),
-                        ("num_classes", num_classes)):
-        check_int(name, value)
-
-    def count(c: int) -> int:
-        return stn_parameter_count(mode, head, c, layers, loc_channels, kernel_size, in_channels,
-                                   num_classes, loc_pool, loc_kind, loc_group, loc_readout)
-
-    best = 1
-    channels = 1
-    while True:
-        n = count(channels)
-        if abs(n - target) < abs(count(best) - target):
-            best = channels
-        if n >= target:
-            break
-        channels += 1
-    return STN(mode, head, best, layers, loc_channels, kernel_size, init, in_channels=in_channels,
-               num_classes=num_classes, input_size=input_size, loc_pool=loc_pool, loc_kind=loc_kind,
-               loc_group=loc_group, loc_readout=loc_readout)
+    if "channels" in kwargs:
+        raise ValueError("stn_for_params searches channels: do not pass channels")
+    return STN(channels=closest_channels(lambda c: stn_parameter_count(channels=c, **kwargs), target), **kwargs)

@@ -19,6 +19,12 @@ __all__ = ["GroupBatchNorm2d", "GroupLayerNorm", "GroupPool", "GroupMaxPool2d", 
            "GroupDropout", "InvariantPool"]
 
 
+def _check_pool_mode(owner: str, mode: object) -> str:
+    if not isinstance(mode, str) or mode not in ("max", "mean"):
+        raise ValueError(f"{owner}: mode must be 'max' or 'mean', got {mode!r}")
+    return mode
+
+
 def _check_group_map(owner: str, x: torch.Tensor, group: Group | None = None, channels: int | None = None) -> None:
     U.check_tensor(owner, x)
     if x.dim() != 5:
@@ -77,9 +83,7 @@ class GroupPool(nn.Module):
 
     def __init__(self, mode: str = "max") -> None:
         super().__init__()
-        if not isinstance(mode, str) or mode not in ("max", "mean"):
-            raise ValueError(f"GroupPool: mode must be 'max' or 'mean', got {mode!r}")
-        self.mode = mode
+        self.mode = _check_pool_mode("GroupPool", mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_map("GroupPool", x)
@@ -95,9 +99,7 @@ class InvariantPool(nn.Module):
 
     def __init__(self, mode: str = "mean") -> None:
         super().__init__()
-        if not isinstance(mode, str) or mode not in ("max", "mean"):
-            raise ValueError(f"InvariantPool: mode must be 'max' or 'mean', got {mode!r}")
-        self.mode = mode
+        self.mode = _check_pool_mode("InvariantPool", mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_group_map("InvariantPool", x)

@@ -46,9 +46,14 @@ _SNAP = 1e-9
 
 
 def disk_mask(k: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``[k, k]`` mask of the taps whose centre lies within radius ``k/2`` of the filter centre."""
+    """``[k, k]`` mask of the taps whose centre lies within radius ``k/2`` of the filter centre.
+
+    Always a CPU tensor, even inside a ``torch.device(...)`` context (e.g. building a model on the meta
+    device): it is a constant that callers count or move to their weight's device."""
     c = (k - 1) / 2.0
-    ii, jj = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64), indexing="ij")
+    with torch.device("cpu"):
+        ii, jj = torch.meshgrid(torch.arange(k, dtype=torch.float64), torch.arange(k, dtype=torch.float64),
+                                indexing="ij")
     return (((ii - c) ** 2 + (jj - c) ** 2) <= (k / 2.0) ** 2 + _SNAP).to(dtype)
 
 
@@ -60,8 +65,15 @@ def transform_matrix(group: Group, k: int, disk: bool = False) -> torch.Tensor:
     return _transform_matrix(group, k, disk).clone()
 
 
-@functools.lru_cache(maxsize=256)
 def _transform_matrix(group: Group, k: int, disk: bool) -> torch.Tensor:
+    # Built on the CPU whatever ``torch.device(...)`` context the caller is in (a model built on the meta
+    # device asks for it in reset_parameters): the cache must never hold a meta or CUDA tensor.
+    with torch.device("cpu"):
+        return _cpu_transform_matrix(group, k, disk)
+
+
+@functools.lru_cache(maxsize=256)
+def _cpu_transform_matrix(group: Group, k: int, disk: bool) -> torch.Tensor:
     if k < 1:
         raise ValueError(f"kernel size must be >= 1, got {k}")
     c = (k - 1) / 2.0
