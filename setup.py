@@ -58,7 +58,10 @@ def extensions():
     with_cuda = want_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define = [("GCONV_EXT_TORCH_VERSION", f'"{torch.__version__}"')]
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # No floating-point contraction on either compiler (-ffp-contract=off, --fmad=false): an a*b+c is never
+    # fused into an FMA, so the CPU and CUDA kernels, which run the same per-element source, round alike
+    # whatever instruction set the compiler targets (the transforms' bilinear taps included).
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-ffp-contract=off"]
     if sys.platform == "linux":
         cxx.append("-fopenmp")
     extra = {"cxx": cxx}
@@ -68,7 +71,7 @@ def extensions():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         define += [("GCONV_EXT_WITH_CUDA", None), ("GCONV_EXT_CUDA_VERSION", f'"{torch.version.cuda}"'),
                    ("GCONV_EXT_CUDA_ARCHS", f'"{archs}"')]
-        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "--fmad=false"]
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension

@@ -50,8 +50,12 @@ def fake_same_device(**tensors: torch.Tensor | None) -> None:
                                                        f"device, got {t.device} and {first.device}")
 
 
+#: The dtypes every kernel is built for (checks.h ``check_floating``); float8 types are rejected.
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def fake_floating(t: torch.Tensor, name: str) -> None:
-    torch._check(t.is_floating_point(),
+    torch._check(t.dtype in SUPPORTED_DTYPES,
                  lambda: f"gconv_ext: {name} must be a floating-point tensor (float32, float64, float16 or bfloat16), "
                          f"got {t.dtype}")
 

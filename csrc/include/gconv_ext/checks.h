@@ -33,7 +33,10 @@ inline void check_order(const at::Tensor& t, const char* name, int64_t dim, int6
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "gconv_ext: ", name,
+  // The kernels are instantiated for exactly these four (float8 and other floating types included in
+  // isFloatingType would otherwise reach AT_DISPATCH and fail with "not implemented").
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "gconv_ext: ", name,
                    " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", t.scalar_type());
 }
 

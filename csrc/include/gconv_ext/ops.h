@@ -54,9 +54,9 @@ at::Tensor transform_host(const TransformLaunchers& run, const TransformKind& ki
 
 // `in` [BC, G, HW] and `grad_out` [BC, HW] contiguous, outputs preallocated and non-empty.
 struct GroupPoolLaunchers {
-  void (*forward)(const at::Tensor& in, at::Tensor& out, int64_t order, int64_t hw, bool max);
+  void (*forward)(const at::Tensor& in, at::Tensor& out, int64_t order, int64_t hw, int64_t gstride, bool max);
   void (*backward)(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in, int64_t order, int64_t hw,
-                   bool max);
+                   int64_t gstride, bool max);
 };
 
 at::Tensor group_pool_host(const GroupPoolLaunchers& run, const at::Tensor& input, c10::string_view mode);
