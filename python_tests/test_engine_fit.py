@@ -10,7 +10,9 @@ the same data in one process, with deterministic CPU kernels, so they are bit-id
 from __future__ import annotations
 
 import csv
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,10 +137,14 @@ def test_save_every_writes_less_often_and_keeps_the_best(tmp_path):
     assert {"log.csv", "model.pt", "last.pt", "summary.json"} == {p.name for p in (tmp_path / "named").iterdir()}
 
 
+def _radio_ini(shared_data_dir, out_dir, epochs, model="group = C2"):
+    return (f"[model]\n{model}\n[data]\ndatadir = {shared_data_dir}\n[training]\n"
+            f"imsize = 46\nmax_train = 20\nmax_test = 10\nepochs = {epochs}\nlr_factor = 0.5\n"
+            f"lr_patience = 0\n[output]\ndirectory = {out_dir}\n")
+
+
 def _radio_cfg(shared_data_dir, out_dir, epochs):
-    return parse_config(f"[model]\nbase = CN\nnrot = 2\n[data]\ndatadir = {shared_data_dir}\n[training]\n"
-                        f"imsize = 46\nmax_train = 20\nmax_test = 10\nepochs = {epochs}\nlr_factor = 0.5\n"
-                        f"lr_patience = 0\n[output]\ndirectory = {out_dir}\n")
+    return parse_config(_radio_ini(shared_data_dir, out_dir, epochs))
 
 
 def test_radio_run_goes_through_the_engine_and_resumes(tmp_path, shared_data_dir):
@@ -166,6 +172,53 @@ def test_radio_run_goes_through_the_engine_and_resumes(tmp_path, shared_data_dir
     longer = run_config(_radio_cfg(shared_data_dir, tmp_path / "split", 4), data, lines.append)
     assert longer["epochs"] == 4 and any("after epoch 3" in line for line in lines)
     assert len(list(csv.DictReader(open(tmp_path / "split" / "log.csv")))) == 4
+
+
+def _to_former_keys(path: Path, group: str, base: str, nrot: int) -> None:
+    """Rewrite a radio checkpoint as the code before ``[model] group`` wrote it (``base``/``nrot``)."""
+    ckpt = load_checkpoint(path)
+    kwargs = ckpt["config"]["model_kwargs"]
+    assert kwargs.pop("group") == group
+    ckpt["config"]["model_kwargs"] = {"base": base, "nrot": nrot, **kwargs}
+    assert ckpt["experiment"]["settings"]["model"] == {"group": group}
+    ckpt["experiment"]["settings"]["model"] = {"base": base, "nrot": nrot}
+    torch.save(ckpt, path)
+
+
+def test_radio_runs_of_the_former_base_nrot_keys_are_resumed_and_reused(tmp_path, shared_data_dir):
+    """A run directory written before ``[model] group`` (``base = CN``, ``nrot = 2`` in last.pt, model.pt and
+    result.json) is resumed and reused by the ``group = C2`` configuration, and by the deprecated keys."""
+    data = load_radio_data(_radio_cfg(shared_data_dir, tmp_path, 2))
+    out = tmp_path / "old"
+    lines: list[str] = []
+    run_config(_radio_cfg(shared_data_dir, out, 2), data, lines.append, stop_after=1)
+    for name in ("last.pt", "model.pt"):
+        _to_former_keys(out / name, "C2", "CN", 2)
+    lines.clear()
+    done = run_config(_radio_cfg(shared_data_dir, out, 2), data, lines.append)
+    assert any("resuming" in line and "after epoch 1" in line for line in lines), lines
+    assert done["group"] == "C2" and done["epochs"] == 2
+    # the resumed run kept the names it was begun with
+    assert load_checkpoint(out / "last.pt")["config"]["model_kwargs"]["base"] == "CN"
+    # result.json as the former code wrote it: base/nrot in the config and the result, no "group"
+    saved = json.loads((out / "result.json").read_text())
+    assert "group = C2" in saved["config"]
+    saved["config"] = saved["config"].replace("group = C2", "base = CN\nnrot = 2")
+    saved["result"] = {k: v for k, v in saved["result"].items() if k != "group"}
+    (out / "result.json").write_text(json.dumps(saved))
+    lines.clear()
+    again = run_config(_radio_cfg(shared_data_dir, out, 2), data, lines.append)
+    assert lines == [f"C2: reusing the finished run in {out}"]
+    assert again == done  # "group" is added to the former row
+    with pytest.warns(FutureWarning, match="write group = C2 instead"):
+        old_cfg = parse_config(_radio_ini(shared_data_dir, out, 2, "base = CN\nnrot = 2"))
+    assert run_config(old_cfg, data, lines.append) == done
+    # the result.json of another group (base = CN, nrot = 4) is not reused
+    saved["config"] = saved["config"].replace("base = CN\nnrot = 2", "base = CN\nnrot = 4")
+    (out / "result.json").write_text(json.dumps(saved))
+    lines.clear()
+    assert run_config(_radio_cfg(shared_data_dir, out, 2), data, lines.append)["group"] == "C2"
+    assert not any("reusing" in line for line in lines)
 
 
 def test_parity_training_resumes_and_refuses_other_data(tmp_path):

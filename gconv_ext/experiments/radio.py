@@ -6,8 +6,7 @@ sections or keys and malformed values raise :class:`ConfigError` naming the sect
 .. code-block:: ini
 
     [model]
-    base = vanilla          ; vanilla | CN | DN
-    nrot = 4                ; N of C_N / D_N (ignored for vanilla)
+    group = vanilla         ; vanilla (the plain LeNet) or a group name C<N> / D<N>: C4, D16, ...
 
     [data]
     dataset = frdeep-f      ; frdeep-f | frdeep-n | mirabest-early
@@ -36,6 +35,11 @@ sections or keys and malformed values raise :class:`ConfigError` naming the sect
     csvfile = log.csv       ; per-epoch metrics (the engine's metrics.csv columns)
     modfile = model.pt      ; the model with the lowest validation loss (the engine's best checkpoint)
 
+The former ``[model]`` keys ``base = vanilla | CN | DN`` and ``nrot = N`` are still read (``base = CN`` with
+``nrot = 4`` is ``group = C4``; ``nrot`` alone, or with ``base = vanilla``, is ``group = vanilla``), with a
+FutureWarning naming the ``group`` line to write instead; giving ``group`` together with them is a
+:class:`ConfigError`.
+
 Training goes through the project's engine (:func:`gconv_ext.train.engine.fit`) with this experiment's
 preset (:data:`RADIO_PROTOCOL`, :func:`radio_train_config`): Adam(lr0, weight_decay=decay), cross-entropy,
 ``ReduceLROnPlateau`` on the validation loss (``lr_factor``, ``lr_patience``; stepped once per epoch), the
@@ -50,9 +54,11 @@ times, provenance), ``modfile`` (a checkpoint readable with :func:`gconv_ext.tra
 ``last.pt`` (written after every epoch: an interrupted run resumes from it, bit-identically on a CPU),
 ``summary.json``, ``config.ini`` and, once the run is finished and tested, ``result.json`` (its configuration
 and result). Running the same configuration into that directory again reuses ``result.json`` instead of
-training (so an interrupted sweep restarts where it stopped, and a sweep can be extended, e.g. to N = 16,
-without redoing the others); a larger ``epochs`` continues the run from ``last.pt``. A run with another
-configuration trains again and overwrites it.
+training (so an interrupted sweep restarts where it stopped, and a sweep can be extended, e.g. to C16 and
+D16, without redoing the others); a larger ``epochs`` continues the run from ``last.pt``. A run with another
+configuration trains again and overwrites it. Configurations are compared by value, so the ``result.json`` and
+``last.pt`` of runs made with the former ``base``/``nrot`` keys are reused and resumed by the equivalent
+``group`` configuration.
 """
 from __future__ import annotations
 
@@ -64,7 +70,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,17 +79,21 @@ import torch
 
 from ..analysis.report import markdown_table, mean_std, save_figure, write_csv, write_text
 from ..data import load_frdeep_splits, load_mirabest_early_splits
+from ..groups import Group, group_from_name
 from ..io import write_json
 from ..models.common import count_parameters
-from ..models.lenet import lenet, pad_to_odd
-from ..train.checkpoint import load_checkpoint
+from ..models.lenet import group_name_from_base, lenet, lenet_group_name, pad_to_odd
+from ..train.checkpoint import CheckpointError, load_checkpoint
 from ..train.config import TrainConfig
 from ..train.datasets import TrainData
 from ..train.engine import RunFiles, evaluate, fit
 
 __all__ = ["ConfigError", "RadioConfig", "parse_config", "load_config", "config_to_ini", "load_radio_data",
            "run_config", "run_sweep", "run_seeds", "summarize_seeds", "SCHEMA", "RADIO_PROTOCOL",
-           "radio_train_config"]
+           "radio_train_config", "SWEEP_GROUPS", "LEGACY_MODEL_KEYS"]
+
+#: The equivariant LeNets of a sweep by default (the vanilla LeNet always runs first).
+SWEEP_GROUPS: tuple[str, ...] = ("C2", "C4", "C8", "C16", "D2", "D4", "D8", "D16")
 
 
 class ConfigError(ValueError):
@@ -123,9 +134,17 @@ def _num(kind: type, minimum: float | None = None, maximum: float | None = None,
     return parse
 
 
+def _group(text: str) -> str:
+    """``vanilla`` or a C_N / D_N group name, canonical (``c4`` -> ``C4``)."""
+    try:
+        return lenet_group_name(text)
+    except ValueError:
+        raise ValueError("expected vanilla or a group name C<N> / D<N> with N >= 1 (e.g. C4, D16)") from None
+
+
 #: section -> key -> (parser, default): the documented keys (see the module docstring).
 SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
-    "model": {"base": (_choice("vanilla", "CN", "DN"), "vanilla"), "nrot": (_num(int, 1), 4)},
+    "model": {"group": (_group, "vanilla")},
     "data": {"dataset": (_choice("frdeep-f", "frdeep-n", "mirabest-early"), "frdeep-f"), "datadir": (str, ""),
              "datamean": (_num(float), 0.0031), "datastd": (_num(float, 0.0, strict=True), 0.0350)},
     "training": {"batch_size": (_num(int, 1), 50), "frac_val": (_num(float, 0.0, 0.9), 0.2),
@@ -136,6 +155,30 @@ SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
                  "max_train": (_num(int, 0), 0), "max_test": (_num(int, 0), 0)},
     "output": {"directory": (str, "runs/radio"), "csvfile": (str, "log.csv"), "modfile": (str, "model.pt")},
 }
+
+#: The former ``[model]`` keys, read as ``group`` with a FutureWarning: key -> (parser, default).
+LEGACY_MODEL_KEYS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    "base": (_choice("vanilla", "CN", "DN"), "vanilla"), "nrot": (_num(int, 1), 4)}
+
+
+def _known_keys(section: str) -> str:
+    known = ", ".join(SCHEMA[section])
+    return known + (f"; deprecated: {', '.join(LEGACY_MODEL_KEYS)}" if section == "model" else "")
+
+
+def _legacy_model(given: Mapping[str, Any], current: str = "vanilla") -> str:
+    """The ``group`` of the former ``[model]`` keys ``given`` (parsed values), the others taken from the
+    ``current`` group (``nrot`` 4 when that is vanilla, the former default)."""
+    if current == "vanilla":
+        base, nrot = "vanilla", LEGACY_MODEL_KEYS["nrot"][1]
+    else:
+        g = group_from_name(current)
+        base, nrot = "DN" if g.reflections else "CN", g.rotations
+    return group_name_from_base(given.get("base", base), given.get("nrot", nrot))
+
+
+def _legacy_text(given: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in given.items())
 
 
 @dataclasses.dataclass
@@ -149,9 +192,8 @@ class RadioConfig:
 
     @property
     def run_name(self) -> str:
-        """``vanilla``, ``C4``, ``D16``, ..."""
-        m = self.values["model"]
-        return "vanilla" if m["base"] == "vanilla" else f"{m['base'][0]}{m['nrot']}"
+        """``vanilla``, ``C4``, ``D16``, ...: the ``[model] group``."""
+        return self.values["model"]["group"]
 
     @property
     def input_size(self) -> int:
@@ -159,20 +201,37 @@ class RadioConfig:
         return t["imsize"] + (1 if t["pad_to_odd"] else 0)
 
     def replace(self, **sections: Mapping[str, Any]) -> "RadioConfig":
-        """A copy with some keys changed: ``cfg.replace(model={"base": "CN", "nrot": 8})`` (validated)."""
+        """A copy with some keys changed: ``cfg.replace(model={"group": "D8"})`` (validated; ``group`` may
+        also be a :class:`~gconv_ext.groups.Group`). Deprecated: ``model={"base": "CN", "nrot": 8}`` (a key
+        left out keeps the current group's value), with a FutureWarning."""
         values = copy.deepcopy(self.values)
         for section, kv in sections.items():
             if section not in SCHEMA:
                 raise ConfigError(f"unknown section [{section}] (known: {', '.join(SCHEMA)})")
+            legacy = {}
             for k, v in kv.items():
+                if isinstance(v, Group):
+                    v = v.name
+                text = str(v).lower() if isinstance(v, bool) else str(v)
+                if section == "model" and k in LEGACY_MODEL_KEYS:
+                    legacy[k] = _parse_value(section, k, text, LEGACY_MODEL_KEYS)
+                    continue
                 if k not in SCHEMA[section]:
-                    raise ConfigError(f"[{section}] unknown key {k!r} (known: {', '.join(SCHEMA[section])})")
-                values[section][k] = _parse_value(section, k, str(v).lower() if isinstance(v, bool) else str(v))
+                    raise ConfigError(f"[{section}] unknown key {k!r} (known: {_known_keys(section)})")
+                values[section][k] = _parse_value(section, k, text)
+            if legacy:
+                if "group" in kv:
+                    raise ConfigError("[model] give group or the deprecated base/nrot, not both")
+                group = _legacy_model(legacy, self.values["model"]["group"])
+                warnings.warn(f"RadioConfig.replace(model={dict(legacy)!r}) is deprecated; use "
+                              f"replace(model={{'group': {group!r}}})", FutureWarning, stacklevel=2)
+                values["model"]["group"] = group
         return RadioConfig(values)
 
 
-def _parse_value(section: str, key: str, text: str) -> Any:
-    parser, _ = SCHEMA[section][key]
+def _parse_value(section: str, key: str, text: str,
+                 schema: Mapping[str, tuple[Callable[[str], Any], Any]] | None = None) -> Any:
+    parser, _ = (SCHEMA[section] if schema is None else schema)[key]
     try:
         return parser(text.strip())
     except ValueError as exc:
@@ -180,24 +239,39 @@ def _parse_value(section: str, key: str, text: str) -> Any:
 
 
 def parse_config(text: str, source: str = "<config>") -> RadioConfig:
-    """Parse INI text (see the module docstring); unknown sections/keys and bad values raise ConfigError."""
+    """Parse INI text (see the module docstring); unknown sections/keys and bad values raise ConfigError.
+    The former ``[model]`` keys ``base``/``nrot`` are read as ``group``, with a FutureWarning."""
     cp = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     try:
         cp.read_string(text, source=source)
     except configparser.Error as exc:
         raise ConfigError(f"{source}: {exc}") from None
     values = {s: {k: d for k, (_, d) in keys.items()} for s, keys in SCHEMA.items()}
+    legacy: dict[str, Any] = {}
     for section in cp.sections():
         if section not in SCHEMA:
             raise ConfigError(f"{source}: unknown section [{section}] (known: {', '.join(SCHEMA)})")
         for key, text_value in cp.items(section):
-            if key not in SCHEMA[section]:
-                raise ConfigError(f"{source}: [{section}] unknown key {key!r} "
-                                  f"(known: {', '.join(SCHEMA[section])})")
+            legacy_key = section == "model" and key in LEGACY_MODEL_KEYS
+            if key not in SCHEMA[section] and not legacy_key:
+                raise ConfigError(f"{source}: [{section}] unknown key {key!r} (known: {_known_keys(section)})")
             try:
-                values[section][key] = _parse_value(section, key, text_value)
+                if legacy_key:
+                    legacy[key] = _parse_value(section, key, text_value, LEGACY_MODEL_KEYS)
+                else:
+                    values[section][key] = _parse_value(section, key, text_value)
             except ConfigError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
+    if legacy:
+        if cp.has_option("model", "group"):
+            raise ConfigError(f"{source}: [model] group and the deprecated {' and '.join(legacy)} are both given; "
+                              f"keep only group")
+        try:
+            values["model"]["group"] = _legacy_model(legacy)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [model] {exc}") from None
+        warnings.warn(f"{source}: [model] {_legacy_text(legacy)} is deprecated; write "
+                      f"group = {values['model']['group']} instead", FutureWarning, stacklevel=2)
     return RadioConfig(values)
 
 
@@ -271,7 +345,7 @@ def radio_train_config(cfg: RadioConfig, **train_options: Any) -> TrainConfig:
     try:
         return TrainConfig(**{
             **RADIO_PROTOCOL, "model": "lenet",
-            "model_kwargs": {"base": m["base"], "nrot": m["nrot"], "num_classes": t["num_classes"],
+            "model_kwargs": {"group": m["group"], "num_classes": t["num_classes"],
                              "input_size": cfg.input_size},
             "epochs": t["epochs"], "batch_size": t["batch_size"], "eval_batch_size": t["batch_size"],
             "lr": t["lr0"], "weight_decay": t["decay"], "plateau_factor": t["lr_factor"],
@@ -282,6 +356,59 @@ def radio_train_config(cfg: RadioConfig, **train_options: Any) -> TrainConfig:
         raise ConfigError(f"[training]: {exc}") from None
 
 
+def _row_group(row: Mapping[str, Any]) -> str:
+    """The ``group`` of a result row; rows written before it existed give ``base`` and ``nrot``."""
+    if row.get("group"):
+        return str(row["group"])
+    return group_name_from_base(row["base"], int(row["nrot"]))
+
+
+def _group_fields(group: str) -> dict[str, Any]:
+    """``group`` and, for reading beside the results written before it, the former ``base`` and ``nrot``."""
+    if group == "vanilla":
+        return {"group": group, "base": "vanilla", "nrot": 1}
+    g = group_from_name(group)
+    return {"group": group, "base": "DN" if g.reflections else "CN", "nrot": g.rotations}
+
+
+def _with_group(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row with ``name``, ``group``, ``base``, ``nrot`` first (adds ``group`` to an older row)."""
+    return {"name": row["name"], **_group_fields(_row_group(row)),
+            **{k: v for k, v in row.items() if k not in ("name", "group", "base", "nrot")}}
+
+
+def _same_config(saved_ini: str, cfg: RadioConfig) -> bool:
+    """Whether the INI text of a finished run (``result.json``) is ``cfg``'s configuration, compared by value:
+    a run written with the former ``base``/``nrot`` keys matches the equivalent ``group``."""
+    if saved_ini == config_to_ini(cfg):
+        return True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return parse_config(saved_ini, "result.json").values == cfg.values
+    except ConfigError:
+        return False
+
+
+def _legacy_checkpoint_model(path: Path, group: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """For a ``last.pt`` written with the former ``[model] base``/``nrot`` of the same ``group``: its
+    ``[model]`` settings and ``model_kwargs``' ``base``/``nrot``, so that the engine, which compares these
+    with the checkpoint's before it resumes, continues that run. None for anything else."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+        model = ckpt["experiment"]["settings"]["model"]
+        kwargs = ckpt["config"]["model_kwargs"]
+        if "group" in model or "base" not in model or "base" not in kwargs:
+            return None
+        if _legacy_model(model) != group or group_name_from_base(kwargs["base"], kwargs.get("nrot")) != group:
+            return None
+    except (OSError, CheckpointError, KeyError, TypeError, ValueError):
+        return None
+    return dict(model), {k: kwargs[k] for k in ("base", "nrot") if k in kwargs}
+
+
 def _error(accuracy: float, n: int) -> float:
     """The fraction misclassified, as the exact ratio of counts."""
     return round((1.0 - accuracy) * n) / n if n else math.nan
@@ -290,21 +417,32 @@ def _error(accuracy: float, n: int) -> float:
 def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, log: Callable[[str], None] = print,
                **train_options: Any) -> dict[str, Any]:
     """Train and test one configuration; writes ``csvfile``, ``modfile``, ``config.ini``, ``last.pt``,
-    ``summary.json`` and ``result.json`` into ``[output] directory`` atomically. Returns ``{"name", "base",
-    "nrot", "params", "epochs", "best_epoch", "best_val_loss", "val_error", "test_error", "seconds"}``
-    (``seconds``: training, validation and test time, over all the invocations that trained the run).
-    Reuses a finished run of the same configuration found in the directory (``result.json``) and resumes an
-    unfinished one (``last.pt``). ``train_options``: see :func:`radio_train_config`."""
+    ``summary.json`` and ``result.json`` into ``[output] directory`` atomically. Returns ``{"name", "group",
+    "base", "nrot", "params", "epochs", "best_epoch", "best_val_loss", "val_error", "test_error", "seconds"}``
+    (``group``: the group name or ``"vanilla"``, as ``name``; ``base``/``nrot``: the former spelling of it,
+    ``'vanilla'``/1, ``'CN'``/N or ``'DN'``/N, kept for reading beside older results; ``seconds``: training,
+    validation and test time, over all the invocations that trained the run).
+    Reuses a finished run of the same configuration found in the directory (``result.json``, also one written
+    with the former ``base``/``nrot`` keys) and resumes an unfinished one (``last.pt``).
+    ``train_options``: see :func:`radio_train_config`."""
     t_cfg, o_cfg = cfg["training"], cfg["output"]
     out_dir = Path(o_cfg["directory"])
     try:
         saved = json.loads((out_dir / "result.json").read_text())
-        if saved["config"] == config_to_ini(cfg) and (out_dir / o_cfg["modfile"]).is_file():
+        if _same_config(saved["config"], cfg) and (out_dir / o_cfg["modfile"]).is_file():
             log(f"{cfg.run_name}: reusing the finished run in {out_dir}")
-            return saved["result"]
+            return _with_group(saved["result"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     train_cfg = radio_train_config(cfg, **train_options)
+    settings = copy.deepcopy(cfg.values)
+    del settings["training"]["epochs"]  # more epochs continue the run
+    del settings["data"]["datadir"]  # where the files are is not what they are
+    legacy = _legacy_checkpoint_model(out_dir / "last.pt", cfg.run_name) if train_cfg.resume else None
+    if legacy is not None:  # a run begun with [model] base/nrot: resume it under the names it was saved with
+        settings["model"] = legacy[0]
+        kwargs = {k: v for k, v in train_cfg.model_kwargs.items() if k != "group"}
+        train_cfg = dataclasses.replace(train_cfg, model_kwargs={**legacy[1], **kwargs})
     data = load_radio_data(cfg) if data is None else data
     torch.manual_seed(t_cfg["seed"])
     gen = torch.Generator().manual_seed(t_cfg["seed"])
@@ -319,12 +457,9 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
                            data["train_y"][val_idx] if n_val else None, None)
     xte, yte = _prepare(cfg, data["test_x"]), data["test_y"]
 
-    model = lenet(cfg["model"]["base"], cfg["model"]["nrot"], 1, t_cfg["num_classes"], cfg.input_size)
+    model = lenet(cfg.run_name, 1, t_cfg["num_classes"], cfg.input_size)
     (out_dir / "result.json").unlink(missing_ok=True)
     write_text(out_dir / "config.ini", config_to_ini(cfg))
-    settings = copy.deepcopy(cfg.values)
-    del settings["training"]["epochs"]  # more epochs continue the run
-    del settings["data"]["datadir"]  # where the files are is not what they are
     summary = fit(model, train_data, train_cfg, prepare=functools.partial(_prepare, cfg),
                   meta={"experiment": "radio", "dataset": cfg["data"]["dataset"], "settings": settings},
                   files=RunFiles(metrics=o_cfg["csvfile"], best=o_cfg["modfile"]),
@@ -332,9 +467,8 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
     t0 = time.perf_counter()
     model.load_state_dict(load_checkpoint(out_dir / o_cfg["modfile"])["model"])
     _, test_acc = evaluate(model, xte, yte, t_cfg["batch_size"], summary["device"], precision=summary["precision"])
-    result = {"name": cfg.run_name, "base": cfg["model"]["base"],
-              "nrot": 1 if cfg["model"]["base"] == "vanilla" else cfg["model"]["nrot"],
-              "params": count_parameters(model), "epochs": summary["epochs_completed"],
+    result = {"name": cfg.run_name, **_group_fields(cfg.run_name), "params": count_parameters(model),
+              "epochs": summary["epochs_completed"],
               "best_epoch": summary["best_epoch"], "best_val_loss": summary["best_metric"],
               "val_error": _error(summary["best_val_acc"], n_val) if n_val else math.nan,
               "test_error": _error(test_acc, xte.shape[0]),
@@ -344,16 +478,51 @@ def run_config(cfg: RadioConfig, data: dict[str, torch.Tensor] | None = None, lo
     return result
 
 
-def run_sweep(cfg: RadioConfig, nrots: tuple[int, ...] = (2, 4, 8, 16), bases: tuple[str, ...] = ("CN", "DN"),
-              log: Callable[[str], None] = print, **train_options: Any) -> list[dict[str, Any]]:
-    """The vanilla LeNet and ``base`` x ``nrots`` from one base configuration, each in its own folder
-    ``<directory>/<name>``; writes ``results.csv``, ``results.md`` and ``test_error_vs_N.png`` into
-    ``<directory>`` (atomically, updated after every run). Returns the result rows. ``train_options``: the
-    engine's options for every run (:func:`radio_train_config`)."""
+def _sweep_groups(function: str, groups: Sequence[str | Group] | None, nrots: Sequence[int] | None,
+                  bases: Sequence[str] | None, stacklevel: int = 3) -> tuple[str, ...]:
+    """The canonical group names of a sweep: ``groups`` (default :data:`SWEEP_GROUPS`), or the deprecated
+    ``bases`` x ``nrots`` (defaults ``('CN', 'DN')`` and ``(2, 4, 8, 16)``) with a FutureWarning."""
+    if nrots is not None or bases is not None:
+        if groups is not None and groups is not SWEEP_GROUPS:
+            raise ValueError(f"{function}: give groups or the deprecated nrots/bases, not both")
+        nrots_ = tuple((2, 4, 8, 16) if nrots is None else nrots)
+        bases_ = tuple(("CN", "DN") if bases is None else bases)
+        groups = tuple(group_name_from_base(b, n, "bases") for b in bases_ if b != "vanilla" for n in nrots_)
+        old = ", ".join(f"{k}={v!r}" for k, v in (("nrots", nrots), ("bases", bases)) if v is not None)
+        warnings.warn(f"{function}({old}) is deprecated; use groups={groups!r}", FutureWarning,
+                      stacklevel=stacklevel)
+    if groups is None:
+        return SWEEP_GROUPS
+    if isinstance(groups, (str, Group)):
+        groups = [groups]
+    names = []
+    for g in groups:
+        if isinstance(g, str) and g.strip().lower() == "vanilla":
+            raise ValueError(f"{function}: groups lists the equivariant LeNets; the vanilla one always runs first")
+        try:
+            names.append(group_from_name(g.strip() if isinstance(g, str) else g).name)
+        except ValueError:
+            hint = " (N values were the deprecated nrots=)" if isinstance(g, int) else ""
+            raise ValueError(f"{function}: groups must be group names like 'C4' or 'D16' (or Groups), "
+                             f"got {g!r}{hint}") from None
+    if len(set(names)) != len(names):
+        raise ValueError(f"{function}: groups has duplicates: {names}")
+    return tuple(names)
+
+
+def run_sweep(cfg: RadioConfig, groups: Sequence[str | Group] = SWEEP_GROUPS, log: Callable[[str], None] = print, *,
+              nrots: Sequence[int] | None = None, bases: Sequence[str] | None = None,
+              **train_options: Any) -> list[dict[str, Any]]:
+    """The vanilla LeNet and the LeNets of ``groups`` (group names, default :data:`SWEEP_GROUPS`: C2, C4, C8,
+    C16, D2, D4, D8, D16) from one base configuration, each in its own folder ``<directory>/<name>``; writes
+    ``results.csv``, ``results.md`` and ``test_error_vs_N.png`` into ``<directory>`` (atomically, updated
+    after every run). Returns the result rows. ``train_options``: the engine's options for every run
+    (:func:`radio_train_config`). Deprecated: ``nrots=``/``bases=`` (``bases`` x ``nrots``, e.g.
+    ``bases=("CN",), nrots=(2, 4)`` is ``groups=("C2", "C4")``), with a FutureWarning."""
+    groups = _sweep_groups("run_sweep", groups, nrots, bases)
     data = load_radio_data(cfg)
     root = Path(cfg["output"]["directory"])
-    runs = [cfg.replace(model={"base": "vanilla"})] + [cfg.replace(model={"base": b, "nrot": n})
-                                                       for b in bases for n in nrots]
+    runs = [cfg.replace(model={"group": g}) for g in ("vanilla", *groups)]
     results: list[dict[str, Any]] = []
     for run in runs:
         run = run.replace(output={"directory": str(root / run.run_name)})
@@ -390,18 +559,20 @@ def _plot_vs_n(rows: list[dict[str, Any]], path: Path, title: str, std_key: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for base, marker in (("CN", "o"), ("DN", "s")):
-        pts = sorted((r["nrot"], r["test_error"], r[std_key] if std_key else 0.0) for r in rows if r["base"] == base)
+    groups = [_row_group(r) for r in rows]
+    ns = sorted({group_from_name(g).rotations for g in groups if g != "vanilla"})
+    for reflections, marker in ((False, "o"), (True, "s")):
+        pts = sorted((group_from_name(g).rotations, r["test_error"], r[std_key] if std_key else 0.0)
+                     for g, r in zip(groups, rows) if g != "vanilla" and group_from_name(g).reflections == reflections)
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts] if std_key else None,
-                        marker=marker, capsize=3, label=f"{base[0]}_N")
-    for r in rows:
-        if r["base"] == "vanilla":
+                        marker=marker, capsize=3, label=f"{'D' if reflections else 'C'}_N")
+    for g, r in zip(groups, rows):
+        if g == "vanilla":
             ax.axhline(r["test_error"], color="grey", ls="--", label="vanilla" + (" (± std)" if std_key else ""))
             if std_key:
                 ax.axhspan(r["test_error"] - r[std_key], r["test_error"] + r[std_key], color="grey", alpha=0.15)
     ax.set_xscale("log", base=2)
-    ns = sorted({r["nrot"] for r in rows if r["base"] != "vanilla"})
     if ns:
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.minorticks_off()
@@ -415,7 +586,8 @@ def _plot_vs_n(rows: list[dict[str, Any]], path: Path, title: str, std_key: str 
 def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per model from the sweep results of several seeds (``{seed: run_sweep(...) rows}``): the
     per-seed test errors (``test_error_seed<k>``), and mean and sample std over seeds (``<key>``, ``<key>_std``)
-    of the test error, the validation error, the best epoch and the seconds. Every seed must have run the same models."""
+    of the test error, the validation error, the best epoch and the seconds. Every seed must have run the same
+    models. Rows without ``group`` (written before it existed) give it by ``base`` and ``nrot``."""
     if not results:
         raise ValueError("summarize_seeds: results is empty")
     names = [[r["name"] for r in rows] for rows in results.values()]
@@ -425,7 +597,7 @@ def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[st
     for i, name in enumerate(names[0]):
         per_seed = {seed: rows[i] for seed, rows in results.items()}
         first = next(iter(per_seed.values()))
-        row: dict[str, Any] = {"name": name, "base": first["base"], "nrot": first["nrot"], "params": first["params"],
+        row: dict[str, Any] = {"name": name, **_group_fields(_row_group(first)), "params": first["params"],
                                "seeds": len(per_seed)}
         row.update({f"test_error_seed{seed}": r["test_error"] for seed, r in per_seed.items()})
         for key in ("test_error", "val_error", "best_epoch", "seconds"):
@@ -434,12 +606,14 @@ def summarize_seeds(results: Mapping[int, list[dict[str, Any]]]) -> list[dict[st
     return summary
 
 
-def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] = (2, 4, 8, 16),
-              bases: tuple[str, ...] = ("CN", "DN"), log: Callable[[str], None] = print,
-              **train_options: Any) -> list[dict[str, Any]]:
-    """:func:`run_sweep` once per seed (``[training] seed`` replaced) into ``<directory>/seed<k>``, then
-    ``summary.csv``, ``summary.md`` (mean ± std over seeds) and ``test_error_vs_N.png`` into ``<directory>``.
-    Finished runs are reused as in :func:`run_sweep`. Returns :func:`summarize_seeds` of the results."""
+def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], groups: Sequence[str | Group] = SWEEP_GROUPS,
+              log: Callable[[str], None] = print, *, nrots: Sequence[int] | None = None,
+              bases: Sequence[str] | None = None, **train_options: Any) -> list[dict[str, Any]]:
+    """:func:`run_sweep` of ``groups`` once per seed (``[training] seed`` replaced) into ``<directory>/seed<k>``,
+    then ``summary.csv``, ``summary.md`` (mean ± std over seeds) and ``test_error_vs_N.png`` into
+    ``<directory>``. Finished runs are reused as in :func:`run_sweep`. Returns :func:`summarize_seeds` of the
+    results. Deprecated: ``nrots=``/``bases=`` as in :func:`run_sweep`."""
+    groups = _sweep_groups("run_seeds", groups, nrots, bases)
     if not seeds or len(set(seeds)) != len(seeds) or any(int(s) < 0 for s in seeds):
         raise ConfigError(f"seeds: expected distinct integers >= 0, got {list(seeds)}")
     root = Path(cfg["output"]["directory"])
@@ -447,7 +621,7 @@ def run_seeds(cfg: RadioConfig, seeds: tuple[int, ...], nrots: tuple[int, ...] =
     for seed in seeds:
         log(f"== seed {seed}")
         results[seed] = run_sweep(cfg.replace(training={"seed": seed}, output={"directory": str(root / f"seed{seed}")}),
-                                  nrots, bases, log, **train_options)
+                                  groups, log, **train_options)
     summary = summarize_seeds(results)
     write_csv(root / "summary.csv", summary)
     t, d = cfg["training"], cfg["data"]
