@@ -1,8 +1,8 @@
 // Fused lifting and group convolutions: expand the filter with the transform kernels, run the backend
 // convolution through ATen (oneDNN on CPU, cuDNN on CUDA) with the bias folded in (repeated |G| times),
 // and the explicit backward: one at::convolution_backward for the input, weight and bias gradients,
-// then the adjoint transform on the weight gradient. The expanded filter is recomputed in the backward,
-// never saved. Device-generic: only ATen calls and the transform ops (through the dispatcher, which picks
+// then the adjoint transform on the weight gradient. The expanded filter is recomputed in the backward
+// (never saved), and only when the input gradient is asked for. Device-generic: only ATen calls and the transform ops (through the dispatcher, which picks
 // the backend), so the two ops and their backward ops are registered once, under CompositeExplicitAutograd;
 // their autograd and fake kernels are in gconv_ext/ops/conv.py.
 #include <ATen/ATen.h>
@@ -132,7 +132,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
             output_mask[1] ? at::zeros_like(weight) : at::Tensor(),
             output_mask[2] ? at::zeros({0}, weight.options()) : at::Tensor()};
   }
-  const at::Tensor w = expand_filter(kind, weight, rotations, reflections, disk_mask);
+  // The expanded filter's values are read only for the input gradient. When only the weight and bias
+  // gradients are asked for (a lifting layer, whose image input needs none; the double backward's
+  // weight-only calls), the backend needs nothing but its shape: skip the transform.
+  const int64_t k = weight.size(-1);
+  const at::Tensor w = output_mask[0] ? expand_filter(kind, weight, rotations, reflections, disk_mask)
+                                      : at::empty({c_out * order, weight.size(1) * (kind.lifting ? 1 : order), k, k},
+                                                  weight.options());
   const at::Tensor go =
       grad_out.reshape({grad_out.size(0), c_out * order, grad_out.size(3), grad_out.size(4)});
   const std::array<c10::SymInt, 1> bias_sizes{c_out * order};
@@ -143,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
       padding, dilation, /*transposed=*/false, no_output_padding, /*groups=*/1, output_mask);
   if (grad_input.defined() && !kind.lifting) grad_input = grad_input.reshape(input.sizes());
   if (grad_weight.defined()) {
-    const int64_t c_in = weight.size(1), k = weight.size(-1);
+    const int64_t c_in = weight.size(1);
     grad_weight = kind.lifting
                       ? call_transform("gconv_ext::lift_filter_backward",
                                        grad_weight.reshape({c_out, order, c_in, k, k}), rotations, reflections,

@@ -399,3 +399,26 @@ def test_autocast_cpu_bfloat16(lifting):
     out.float().sum().backward()
     assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
     assert torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_backward_expands_the_filter_only_for_the_input_gradient(input_grad):
+    # The weight and bias gradients need only the expanded filter's shape: a lifting layer (whose images need
+    # no gradient) runs the transform once per step, in the forward.
+    from collections import Counter  # noqa: PLC0415
+
+    from torch.profiler import profile  # noqa: PLC0415
+
+    x = torch.randn(1, 1, 12, 12, dtype=F64, requires_grad=input_grad)
+    w, b = torch.randn(3, 1, 5, 5, dtype=F64, requires_grad=True), torch.zeros(3, dtype=F64, requires_grad=True)
+    with profile() as prof:
+        lifting_conv2d(x, w, b, "C8").sum().backward()
+    calls = Counter(e.name for e in prof.events())
+    assert calls["gconv_ext::lift_filter"] == (2 if input_grad else 1)
+    assert calls["gconv_ext::lift_filter_backward"] == 1
+    # the same gradients as the reference (float64: sums of <= 12*12*8 terms of size ~10 round far below 1e-9)
+    xr, wr, br = (t.detach().clone().requires_grad_(t.requires_grad) for t in (x, w, b))
+    reference.lifting_conv2d(xr, wr, br, Group(8)).sum().backward()
+    torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=1e-9)
+    if input_grad:
+        torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=1e-9)
