@@ -616,3 +616,188 @@ def test_modules_build_on_the_meta_device_without_poisoning_caches(disk):
     assert real.weight.device.type == "cpu" and torch.isfinite(real.weight).all()
     assert real.weight.std() > 0
     assert gconv.weight.shape == real.weight.shape and lift.weight.shape[:2] == (3, 1)
+
+
+# -- deployment: export() to standard torch ops, torch.export, ONNX ------------------------------------
+
+_CUSTOM_OP_MODULES = (gnn.LiftingConv2d, gnn.GroupConv2d, gnn.GroupPool, gnn.GroupMaxPool2d, gnn.GroupAvgPool2d)
+
+
+class _EveryGroupModule(nn.Module):
+    """Every gconv_ext.nn module, the pools with non-default options: a max pool with stride 2 and padding
+    ahead of the ReLU (so its -inf padding matters), a rectangular average pool with zero padding counted,
+    a dilated 'same' conv and a conv with a stride pair. Exact sizes at 15x15 (no EquivarianceWarning):
+    15 -> 15 -> 8 -> 8 -> 8x7 -> 8x4. Returns the planar group pools and the invariant pools."""
+
+    def __init__(self, group):
+        super().__init__()
+        self.body = nn.Sequential(
+            gnn.LiftingConv2d(1, 3, 3, group, padding=1, disk_mask=True), gnn.GroupBatchNorm2d(3, group),
+            gnn.GroupMaxPool2d(3, stride=2, padding=1), nn.ReLU(),
+            gnn.GroupConv2d(3, 4, 3, group, padding="same", dilation=2), gnn.GroupLayerNorm(),
+            gnn.GroupAvgPool2d((3, 2), stride=1, padding=(1, 0)), gnn.GroupDropout(0.3, whole_channel=True),
+            gnn.GroupConv2d(4, 4, 3, group, stride=(1, 2), padding=1, bias=False))
+        self.group_max, self.group_mean = gnn.GroupPool("max"), gnn.GroupPool("mean")
+        self.inv_mean, self.inv_max = gnn.InvariantPool("mean"), gnn.InvariantPool("max")
+
+    def forward(self, x):
+        h = self.body(x)
+        planar = torch.cat([self.group_max(h), self.group_mean(h)], dim=1)
+        return planar, torch.cat([self.inv_mean(h), self.inv_max(h)], dim=1)
+
+
+def _deploy_model(name):
+    """(model in eval mode with non-trivial batch-norm statistics, example input, exact) for the deployment
+    tests; ``exact``: export() must be bit-identical in float32 (bias-free convs on the same F.conv2d call,
+    max pools, the same layer norm and mean)."""
+    from gconv_ext.models import gcnn_preset  # noqa: PLC0415
+    from gconv_ext.train import build_model  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    if name == "gcnn-C4/4/16":
+        return gcnn_preset("C4/4/16").eval(), torch.randn(2, 1, 28, 28), True
+    if name == "gcnn-D4/2/8-batchnorm":
+        return _trained_stats(gcnn_preset("D4/2/8", norm="batch"), 28).eval(), torch.randn(2, 1, 28, 28), True
+    if name == "stn-single-canonical-tiny":  # C8 lifting and group convs with biases, a group average pool
+        return build_model("stn-single-canonical", preset="tiny").eval(), torch.randn(2, 1, 28, 28), False
+    return _trained_stats(_EveryGroupModule(Group(4, True))).eval(), torch.randn(2, 1, 15, 15), False
+
+
+_DEPLOY = ["gcnn-C4/4/16", "gcnn-D4/2/8-batchnorm", "stn-single-canonical-tiny", "every-group-module"]
+
+
+def _outputs(y):
+    return y if isinstance(y, tuple) else (y,)
+
+
+def _gconv_targets(program) -> list[str]:
+    """The custom operators (node targets in the ``gconv_ext`` namespace) in a torch.export program's graph."""
+    return sorted({str(node.target) for node in program.graph.nodes if node.op == "call_function"
+                   and (getattr(node.target, "namespace", None) == "gconv_ext"
+                        or str(node.target).startswith("gconv_ext."))})
+
+
+@pytest.mark.parametrize("name", _DEPLOY)
+def test_export_gives_standard_modules_with_the_same_outputs(name):
+    net, x, exact = _deploy_model(name)
+    types = [type(m) for m in net.modules()]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    exported = gnn.export(net)
+    # inplace=False: the original keeps its modules and values (and still runs the custom operators)
+    assert [type(m) for m in net.modules()] == types and any(issubclass(t, _CUSTOM_OP_MODULES) for t in types)
+    after = net.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in after.items())
+    assert not any(isinstance(m, _CUSTOM_OP_MODULES) for m in exported.modules())
+    assert not exported.training
+    with torch.no_grad():
+        if exact:  # the same ATen convolution on the bit-identical expanded filter, and max pools: exact
+            for a, b in zip(_outputs(exported(x)), _outputs(net(x))):
+                assert torch.equal(a, b)
+        # float64 (biases folded into the Conv2d, the average and mean pools on ATen kernels: other orders of
+        # the same sums), bounded by chain_rtol of the net's reductions (_net_atol)
+        net64, x64 = copy.deepcopy(net).double(), x.double()
+        for a, b in zip(_outputs(gnn.export(net64)(x64)), _outputs(net64(x64))):
+            torch.testing.assert_close(a, b, atol=_net_atol(net64, x64, b), rtol=0)
+
+
+@pytest.mark.parametrize("name", _DEPLOY)
+def test_torch_export_of_original_and_exported_models(name):
+    # float64: the programs compute the same function as the modules (bounded by _net_atol)
+    net, x, _ = _deploy_model(name)
+    net, x = net.double(), x.double()
+    with torch.no_grad():
+        expected = _outputs(net(x))  # fills the eval caches first: torch.export must not capture them
+    # the original through the custom operators' fake kernels: its graph holds them (without the compiled
+    # extension the modules run the pure-PyTorch reference instead)
+    program = torch.export.export(net, (x,))
+    assert bool(_gconv_targets(program)) == gconv_ext.build_info()["compiled"]
+    exported = gnn.export(net)
+    plain = torch.export.export(exported, (x,))
+    assert _gconv_targets(plain) == []
+    with torch.no_grad():
+        for prog in (program, plain):
+            for a, b in zip(_outputs(prog.module()(x)), expected):
+                torch.testing.assert_close(a, b, atol=_net_atol(net, x, b), rtol=0)
+
+
+def _onnx_atol(y32: torch.Tensor, y64: torch.Tensor) -> float:
+    """onnxruntime against PyTorch: both evaluate the float32 model, with other kernels (MLAS convolutions,
+    its own layer norm, grid sample and reductions). onnxruntime has no float64 Conv, and in float32 the chain
+    bound of _net_atol is no check at these depths (chain_rtol is about 2.8 relative for the GCNN C4/4/16,
+    whose layer norms reduce 43,268 values), so this checks against float32 rounding as this computation
+    shows it: 16 times PyTorch's own float32 error (against float64) plus 16 ulps of the output. A wrong
+    padding, pool semantics or layout in the ONNX graph changes outputs by orders of magnitude more."""
+    eps = torch.finfo(torch.float32).eps
+    return 16 * (y32.double() - y64).abs().max().item() + 16 * eps * y64.abs().max().item()
+
+
+@pytest.mark.parametrize("name", _DEPLOY)
+def test_exported_model_goes_to_onnx_and_onnxruntime(name):
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (requirements-test.txt)")
+    pytest.importorskip("onnxscript", reason="onnxscript not installed (torch.onnx.export(dynamo=True) needs it)")
+    net, x, _ = _deploy_model(name)
+    exported = gnn.export(net)
+    # the dynamo exporter (torch.export underneath), with a dynamic batch size
+    program = torch.onnx.export(exported, (x,), dynamo=True, verbose=False,
+                                dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model = program.model_proto
+    onnx.checker.check_model(model)
+    assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}  # standard ONNX operators only
+    assert not any("gconv" in node.op_type.lower() for node in model.graph.node)
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: the ONNX model was not run")
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x3 = torch.randn(3, *x.shape[1:])  # another batch size than the export's
+    got = session.run(None, {session.get_inputs()[0].name: x3.numpy()})
+    with torch.no_grad():
+        want = _outputs(net(x3))
+        want64 = _outputs(copy.deepcopy(net).double()(x3.double()))
+    assert len(got) == len(want)
+    for g, w, w64 in zip(got, want, want64):
+        g = torch.from_numpy(g)
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g.double(), w64, atol=_onnx_atol(w, w64), rtol=0)
+
+
+def test_pool_exports_standard_pools_and_rejects_what_they_cannot_express():
+    x = torch.randn(2, 3, 4, 9, 9)
+    gp = gnn.GroupMaxPool2d((3, 2), stride=(2, 1), padding=(1, 0))
+    e = gnn.export(gp)  # a single module exports to its replacement
+    assert isinstance(e, gnn.ExportedGroupSpatialPool) and isinstance(e.pool, nn.MaxPool2d)
+    assert (e.pool.kernel_size, e.pool.stride, e.pool.padding, e.pool.dilation, e.pool.ceil_mode) == \
+        ((3, 2), (2, 1), (1, 0), 1, False)
+    assert repr(e).startswith("ExportedGroupSpatialPool(\n  max, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)\n"
+                              "  (pool): MaxPool2d(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=1")
+    assert torch.equal(e(x), gp(x))  # a max: exact
+    ap = gnn.GroupAvgPool2d(3, stride=2, padding=1)
+    ea = ap.export()
+    assert isinstance(ea.pool, nn.AvgPool2d) and ea.pool.count_include_pad and not ea.pool.ceil_mode
+    # <= 9 values summed in any order and divided by 9: 2 gamma_10 times the largest |x| (as test_spatial_pool)
+    torch.testing.assert_close(ea(x), ap(x), atol=sum_atol(9 + 1, x.abs().max().double(), torch.float32), rtol=0)
+    for mode in ("max", "mean"):
+        g = gnn.GroupPool(mode).export()
+        assert isinstance(g, gnn.ExportedGroupPool) and repr(g) == f"ExportedGroupPool(mode={mode!r})"
+    assert torch.equal(gnn.GroupPool("max").export()(x), gnn.GroupPool("max")(x))  # a max: exact
+    # the exported strided pool keeps the exactness warning and check_exact sees its geometry
+    with pytest.warns(gnn.EquivarianceWarning, match=r"ExportedGroupSpatialPool\(max, kernel_size=2, stride=2\)"):
+        gnn.GroupMaxPool2d(2).export()(torch.randn(1, 1, 4, 9, 9))
+    net = gnn.export(nn.Sequential(gnn.LiftingConv2d(1, 2, 3, "C4"), gnn.GroupMaxPool2d(2)))
+    assert gnn.check_exact(net, (1, 1, 10, 10), "C4").exact  # 10 -> 8 -> 4
+    report = gnn.check_exact(net, (1, 1, 11, 11), "C4")  # 11 -> 9: a 2x2/2 pool on an odd size
+    assert [c.kind for c in report.offending] == ["ExportedGroupSpatialPool"]
+    # options the group pools do not have raise, naming the option, instead of changing results
+    for pool, match in [(nn.MaxPool2d(2, ceil_mode=True), "ceil_mode=True"), (nn.MaxPool2d(3, dilation=2), "dilation"),
+                        (nn.MaxPool2d(2, return_indices=True), "return_indices"),
+                        (nn.AvgPool2d(2, count_include_pad=False), "count_include_pad=False"),
+                        (nn.AvgPool2d(2, divisor_override=3), "divisor_override"),
+                        (nn.MaxPool2d(3, padding=2), "padding must be at most half")]:
+        with pytest.raises(ValueError, match=match):
+            gnn.ExportedGroupSpatialPool(pool)
+    with pytest.raises(ValueError, match="MaxPool2d or AvgPool2d"):
+        gnn.ExportedGroupSpatialPool(nn.LPPool2d(2, 2))
+
+    class _OtherPool(gnn.GroupMaxPool2d):  # a subclass with a pool function export() does not know
+        _name = "OtherPool"
+        _pool_fn = staticmethod(lambda x, k, s, p: x)
+
+    with pytest.raises(ValueError, match="OtherPool: export"):
+        gnn.export(nn.Sequential(_OtherPool(2)))

@@ -1,5 +1,6 @@
 """Equivariant convolution modules: :class:`LiftingConv2d` and :class:`GroupConv2d`, and their export
-to a plain :class:`torch.nn.Conv2d` (:class:`ExportedGroupConv`, :func:`export`).
+to a plain :class:`torch.nn.Conv2d` (:class:`ExportedGroupConv`); :func:`export` turns a whole model into
+standard torch ops (convolutions and the group pools of :mod:`gconv_ext.nn.layers`), e.g. for ONNX.
 
 Layout of group feature maps: ``(B, C, |G|, H, W)``, plain tensors (channel-major, group-minor, so
 ``x.flatten(1, 2)`` is the ``C * |G|`` channel axis of the equivalent planar convolution).
@@ -27,6 +28,7 @@ from ..ops.reference import disk_mask as _disk_mask
 from ..ops.reference import transform_matrix as _transform_matrix
 from . import _utils as U
 from .exactness import warn_if_inexact
+from .layers import GroupPool, _GroupSpatialPool
 
 __all__ = ["LiftingConv2d", "GroupConv2d", "ExportedGroupConv", "export"]
 
@@ -291,17 +293,46 @@ class ExportedGroupConv(nn.Module):
         return f"group={self.group.name}, out_channels={self.out_channels}, lifting={self.lifting}"
 
 
+def _exportable(module: nn.Module) -> bool:
+    """A module whose forward runs custom operators and that has an ``export()`` to standard torch ops."""
+    return isinstance(module, (_EquivariantConv, GroupPool, _GroupSpatialPool))
+
+
 def export(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Replace every :class:`LiftingConv2d` / :class:`GroupConv2d` in ``model`` (recursively, or ``model``
-    itself) by its :class:`ExportedGroupConv`. The result computes the same function with plain PyTorch
-    modules (no gconv_ext ops), e.g. for ONNX or other deployment. ``model`` is deep-copied unless
-    ``inplace``."""
-    if isinstance(model, _EquivariantConv):
+    """The same model in standard torch ops only, e.g. for ``torch.onnx.export`` or other deployment.
+
+    Every module of ``model`` (recursively, or ``model`` itself) whose forward runs a custom operator
+    ``torch.ops.gconv_ext.*`` is replaced by its ``export()``:
+
+    * :class:`LiftingConv2d` / :class:`GroupConv2d` -> :class:`ExportedGroupConv` (one
+      :class:`torch.nn.Conv2d` with the expanded filter and the bias repeated over the group axis);
+    * :class:`~gconv_ext.nn.GroupMaxPool2d` / :class:`~gconv_ext.nn.GroupAvgPool2d` ->
+      :class:`~gconv_ext.nn.ExportedGroupSpatialPool` (:class:`torch.nn.MaxPool2d` / ``AvgPool2d`` with the
+      same kernel, stride and padding on the ``[B, C * |G|, H, W]`` view);
+    * :class:`~gconv_ext.nn.GroupPool` -> :class:`~gconv_ext.nn.ExportedGroupPool` (``amax`` / ``mean``
+      over the group axis).
+
+    The other modules of :mod:`gconv_ext.nn` (``GroupBatchNorm2d``, ``GroupLayerNorm``, ``GroupDropout``,
+    ``InvariantPool``) and of :mod:`gconv_ext.models` (GCNN, STN, the LeNets) are standard torch ops already
+    and stay. Code that calls the functional :mod:`gconv_ext.ops` in a model's *own* ``forward`` is not a
+    module and cannot be replaced: check the result with ``torch.export.export`` (no node target in the
+    ``gconv_ext`` namespace) before deploying a custom model.
+
+    Outputs: the same function as ``model`` in eval mode. The max pools (spatial and group) are bit-identical;
+    the convolutions use the bit-identical expanded filter, but with the bias folded into the Conv2d (and,
+    without a bias, on the same ``F.conv2d`` call as the eval-mode cache), so they agree to within float
+    rounding where there is a bias; the average and mean pools agree to within float rounding (the same
+    values summed, possibly in another order). Training the exported convolutions further does not keep
+    equivariance. ``model`` is deep-copied and left unchanged unless ``inplace`` (a ``model`` that is itself
+    one of the modules above is never changed: its replacement is returned); the training flag of every
+    module is kept.
+    """
+    if _exportable(model):
         return model.export()
     if not inplace:
         model = copy.deepcopy(model)
     for name, child in list(model.named_children()):
-        if isinstance(child, _EquivariantConv):
+        if _exportable(child):
             setattr(model, name, child.export())
         else:
             export(child, inplace=True)

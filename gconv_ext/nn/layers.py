@@ -3,6 +3,12 @@
 Every module here treats the |G| slices of a channel alike (statistics, affine parameters and dropout masks
 are shared over the group axis), which is what keeps it equivariant: rotating the input rotates the output
 and permutes its group axis in the same way.
+
+:class:`GroupPool`, :class:`GroupMaxPool2d` and :class:`GroupAvgPool2d` run the custom operators of
+:mod:`gconv_ext.ops`; their ``export()`` (and :func:`gconv_ext.nn.export` for a whole model) gives
+:class:`ExportedGroupPool` / :class:`ExportedGroupSpatialPool`, the same function in standard torch ops
+(``amax`` / ``mean``, ``torch.nn.MaxPool2d`` / ``AvgPool2d``), e.g. for ONNX. The other modules here are
+standard torch ops already.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from . import _utils as U
 from .exactness import warn_if_inexact
 
 __all__ = ["GroupBatchNorm2d", "GroupLayerNorm", "GroupPool", "GroupMaxPool2d", "GroupAvgPool2d",
-           "GroupDropout", "InvariantPool"]
+           "GroupDropout", "InvariantPool", "ExportedGroupPool", "ExportedGroupSpatialPool"]
 
 
 def _check_pool_mode(owner: str, mode: object) -> str:
@@ -89,6 +95,11 @@ class GroupPool(nn.Module):
         _check_group_map("GroupPool", x)
         return group_pool(x, self.mode)
 
+    def export(self) -> "ExportedGroupPool":
+        """The same projection in standard torch ops (:class:`ExportedGroupPool`: ``amax`` / ``mean`` over
+        the group axis)."""
+        return ExportedGroupPool(self.mode).train(self.training)
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
@@ -132,6 +143,21 @@ class _GroupSpatialPool(nn.Module):
             warn_if_inexact(self, x)
         return self._pool_fn(x, self.kernel_size, self.stride, self.padding)
 
+    def export(self) -> "ExportedGroupSpatialPool":
+        """The same pool in standard torch ops: :class:`ExportedGroupSpatialPool` around a
+        :class:`torch.nn.MaxPool2d` / :class:`torch.nn.AvgPool2d` with this kernel, stride and padding (no
+        dilation, ``ceil_mode=False``; the average counts the zero padding, ``count_include_pad=True``,
+        like the custom operator)."""
+        fn = self._pool_fn  # the staticmethod's function
+        if fn is group_max_pool2d:
+            pool = nn.MaxPool2d(self.kernel_size, self.stride, self.padding, dilation=1, ceil_mode=False)
+        elif fn is group_avg_pool2d:
+            pool = nn.AvgPool2d(self.kernel_size, self.stride, self.padding, ceil_mode=False, count_include_pad=True)
+        else:
+            raise ValueError(f"{self._name}: export() knows the max and average pools only; this class's "
+                             f"_pool_fn ({getattr(fn, '__name__', fn)!r}) has no standard torch equivalent")
+        return ExportedGroupSpatialPool(pool).train(self.training)
+
     def extra_repr(self) -> str:
         s = f"kernel_size={U.fmt_pair(self.kernel_size)}, stride={U.fmt_pair(self.stride)}"
         return s + (f", padding={U.fmt_pair(self.padding)}" if self.padding != (0, 0) else "")
@@ -154,6 +180,86 @@ class GroupAvgPool2d(_GroupSpatialPool):
 
     _name = "GroupAvgPool2d"
     _pool_fn = staticmethod(group_avg_pool2d)
+
+
+class ExportedGroupPool(nn.Module):
+    """:class:`GroupPool` in standard torch ops: ``x.amax(dim=2)`` (``'max'``) or ``x.mean(dim=2)``
+    (``'mean'``), ``[B, C, |G|, H, W] -> [B, C, H, W]``. The max is bit-identical to the custom operator
+    (a max involves no rounding; NaNs propagate in both); the mean sums the same |G| values, possibly in
+    another order, so it agrees to within float rounding (``2 gamma_{|G|+1}`` of the fibre's mean ``|x|``)."""
+
+    def __init__(self, mode: str = "max") -> None:
+        super().__init__()
+        self.mode = _check_pool_mode("ExportedGroupPool", mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("ExportedGroupPool", x)
+        return x.amax(dim=2) if self.mode == "max" else x.mean(dim=2)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class ExportedGroupSpatialPool(nn.Module):
+    """:class:`GroupMaxPool2d` / :class:`GroupAvgPool2d` in standard torch ops: ``self.pool`` (a
+    :class:`torch.nn.MaxPool2d` or :class:`torch.nn.AvgPool2d`) on ``x.flatten(1, 2)``, the
+    ``[B, C * |G|, H, W]`` view of the group map, unflattened back to ``[B, C, |G|, H', W']``.
+
+    Only the options of the group pools are accepted (square or rectangular kernel, stride, padding at
+    most half the kernel); dilation other than 1, ``ceil_mode=True``, ``count_include_pad=False``,
+    ``divisor_override`` and ``return_indices`` raise a ValueError naming the option. Outputs equal the
+    custom operators': the max bit for bit (ties and NaNs pick the same value), the average to within
+    float rounding (the same taps summed, possibly in another order, divided by ``k_h * k_w``; on the CPU
+    both sum in row-major window order in float and agreed bit for bit wherever we compared them). ``pool``'s
+    kernel_size, stride and padding are normalised to pairs in place. Warns like the group pools
+    (:class:`~gconv_ext.nn.EquivarianceWarning`) on an inexact input size, and
+    :func:`~gconv_ext.nn.check_exact` reads its geometry.
+    """
+
+    def __init__(self, pool: nn.MaxPool2d | nn.AvgPool2d) -> None:
+        super().__init__()
+        owner = "ExportedGroupSpatialPool"
+        if not isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
+            raise ValueError(f"{owner}: pool must be a torch.nn.MaxPool2d or AvgPool2d, got {type(pool).__name__}")
+        pair = nn.modules.utils._pair
+        unsupported = []
+        if pool.ceil_mode:
+            unsupported.append("ceil_mode=True")
+        if isinstance(pool, nn.MaxPool2d):
+            if pair(pool.dilation) != (1, 1):
+                unsupported.append(f"dilation={pool.dilation!r}")
+            if pool.return_indices:
+                unsupported.append("return_indices=True")
+        else:
+            if not pool.count_include_pad:
+                unsupported.append("count_include_pad=False")
+            if pool.divisor_override is not None:
+                unsupported.append(f"divisor_override={pool.divisor_override!r}")
+        if unsupported:
+            raise ValueError(f"{owner}: the group pools have no {', '.join(unsupported)} (got {pool!r})")
+        self.kernel_size = U.int_pair(owner, "kernel_size", pair(pool.kernel_size), 1)
+        self.stride = U.int_pair(owner, "stride", pair(pool.stride), 1)
+        self.padding = U.int_pair(owner, "padding", pair(pool.padding), 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{owner}: padding must be at most half the kernel size, got padding={pool.padding!r} "
+                             f"for kernel_size={pool.kernel_size!r}")
+        # normalised to pairs, so that repr, ONNX attributes and check_exact see one spelling
+        pool.kernel_size, pool.stride, pool.padding = self.kernel_size, self.stride, self.padding
+        self.pool = pool
+
+    def _subsampling_geometry(self):
+        return self.kernel_size, self.stride, self.padding, (1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_group_map("ExportedGroupSpatialPool", x)
+        if self.stride != (1, 1):
+            warn_if_inexact(self, x)
+        return self.pool(x.flatten(1, 2)).unflatten(1, (x.shape[1], x.shape[2]))
+
+    def extra_repr(self) -> str:  # as the group pools' (also in the EquivarianceWarning), with the kind
+        kind = "max" if isinstance(self.pool, nn.MaxPool2d) else "avg"
+        s = f"{kind}, kernel_size={U.fmt_pair(self.kernel_size)}, stride={U.fmt_pair(self.stride)}"
+        return s + (f", padding={U.fmt_pair(self.padding)}" if self.padding != (0, 0) else "")
 
 
 class GroupDropout(nn.Module):
