@@ -45,8 +45,8 @@ void check_conv(const ConvKind& kind, const at::Tensor& input, const at::Tensor&
                     kind.weight_layout, ", got shape ", weight.sizes());
   check_floating(input, "input");
   TORCH_CHECK_TYPE(input.scalar_type() == weight.scalar_type(),
-                   "gconv_ext: input and weight must have the same dtype, got ", input.scalar_type(), " and ",
-                   weight.scalar_type());
+                   "gconv_ext: input and weight must have the same dtype, got ", dtype_name(input.scalar_type()),
+                   " and ", dtype_name(weight.scalar_type()));
   TORCH_CHECK(input.device() == weight.device(), "gconv_ext: input and weight must be on the same device, got ",
               input.device(), " and ", weight.device());
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "gconv_ext: input has ", input.size(1),

@@ -60,8 +60,8 @@ void check_grad_out(const at::Tensor& grad_out, at::IntArrayRef input_sizes, con
   const std::vector<int64_t> expected = output_sizes(input_sizes, g);
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "gconv_ext: grad_out must have the output shape ",
                     at::IntArrayRef(expected), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == dtype, "gconv_ext: grad_out must have the dtype of input (", dtype,
-                   "), got ", grad_out.scalar_type());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == dtype, "gconv_ext: grad_out must have the dtype of input (",
+                   dtype_name(dtype), "), got ", dtype_name(grad_out.scalar_type()));
   TORCH_CHECK(grad_out.device() == device, "gconv_ext: grad_out and input must be on the same device, got ",
               grad_out.device(), " and ", device);
 }

@@ -23,6 +23,8 @@ def int_pair(owner: str, name: str, v: Any, minimum: int) -> tuple[int, int]:
     """``v`` as a pair of ints ``>= minimum``: an int ``n`` means ``(n, n)``; a tuple or list of two ints is
     taken as it is. Anything else (``None``, a bool, a float, three ints, a value below ``minimum``) raises a
     ``ValueError`` naming ``name`` (torch's ``_pair`` validates nothing)."""
+    if type(v) is int and v >= minimum:  # the common case, on every call of every op: keep it cheap
+        return v, v
     t = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
     ok = isinstance(t, (tuple, list)) and len(t) == 2 and all(
         isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in t)
@@ -46,8 +48,8 @@ def fake_same_device(**tensors: torch.Tensor | None) -> None:
     named = [(name, t) for name, t in tensors.items() if t is not None]
     first_name, first = named[0]
     for name, t in named[1:]:
-        torch._check(t.device == first.device, lambda: f"gconv_ext: {name} and {first_name} must be on the same "
-                                                       f"device, got {t.device} and {first.device}")
+        torch._check(t.device == first.device, lambda: f"gconv_ext: {first_name} and {name} must be on the same "
+                                                       f"device, got {first.device} and {t.device}")
 
 
 #: The dtypes every kernel is built for (checks.h ``check_floating``); float8 types are rejected.

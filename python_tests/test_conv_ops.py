@@ -242,7 +242,8 @@ def _bad_cases():
         (lifting_conv2d, (x4, w4, torch.zeros(2), g), ValueError, "bias"),
         (lifting_conv2d, (x4.double(), w4, None, g), TypeError, "dtype"),
         (lifting_conv2d, (x4.long(), w4.long(), None, g), TypeError, "floating"),
-        (lifting_conv2d, (x4.to("meta"), w4, None, g), ValueError, "device"),
+        # a device mismatch is a RuntimeError, as in torch (F.conv2d) and the C++ check
+        (lifting_conv2d, (x4.to("meta"), w4, None, g), RuntimeError, "device"),
         (lifting_conv2d, (x4, torch.zeros(3, 2, 3, 4), None, g), ValueError, "square"),
         (group_conv2d, (x4, w5, None, g), ValueError, "input must be a 5-D"),
         (group_conv2d, (torch.zeros(1, 2, 8, 6, 6), w5, None, g), ValueError, r"input.shape\[2\].*\|G\| = 4"),

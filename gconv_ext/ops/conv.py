@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
-from .._args import fake_floating, fake_group_order, fake_pair, fake_same_device, int_pair
+from .._args import SUPPORTED_DTYPES, fake_floating, fake_group_order, fake_pair, fake_same_device, int_pair
 from ..groups import Group, group_from_name
 from . import reference
 
@@ -52,14 +52,15 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
         raise ValueError(f"gconv_ext: input must be a {dim}-D tensor {x_layout}, got shape {tuple(x.shape)}")
     if weight.dim() != dim:
         raise ValueError(f"gconv_ext: weight must be a {dim}-D tensor {w_layout}, got shape {tuple(weight.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"gconv_ext: input must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                        f"got {x.dtype}")
     # Under torch.autocast the op casts input, weight and bias itself (csrc/autocast.cpp).
     autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
     if x.dtype != weight.dtype and not autocast:
         raise TypeError(f"gconv_ext: input and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
     if x.device != weight.device:
-        raise ValueError(f"gconv_ext: input and weight must be on the same device, got {x.device} and {weight.device}")
+        raise RuntimeError(f"gconv_ext: input and weight must be on the same device, got {x.device} and {weight.device}")
     if weight.shape[-1] != weight.shape[-2] or weight.shape[-1] < 1:
         raise ValueError(f"gconv_ext: weight must have a square kernel of size >= 1, got "
                          f"{weight.shape[-2]}x{weight.shape[-1]}")
@@ -78,7 +79,7 @@ def _check_conv(lifting: bool, x, weight, bias, group: Group) -> None:
         if bias.dtype != weight.dtype and not autocast:
             raise TypeError(f"gconv_ext: bias must have the dtype of weight ({weight.dtype}), got {bias.dtype}")
         if bias.device != weight.device:
-            raise ValueError(f"gconv_ext: bias must be on the device of weight ({weight.device}), got {bias.device}")
+            raise RuntimeError(f"gconv_ext: bias must be on the device of weight ({weight.device}), got {bias.device}")
 
 
 def _check_spatial(x: torch.Tensor, k: int, stride, padding, dilation) -> None:
@@ -91,13 +92,23 @@ def _check_spatial(x: torch.Tensor, k: int, stride, padding, dilation) -> None:
 
 
 def _conv(lifting: bool, x, weight, bias, group, stride, padding, dilation, disk_mask) -> torch.Tensor:
+    # Checked once per layer: the compiled op's own checks (csrc/conv.cpp ``check_conv``; the fake kernel's
+    # under torch.compile) cover the tensors, with the same messages; only the reference fallback, which has
+    # none of its own, runs the Python twin. Here: what the op cannot see (the group's name, 'same'/'valid'
+    # padding, the argument kinds).
     group = group_from_name(group)
-    _check_conv(lifting, x, weight, bias, group)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"gconv_ext: weight must be a torch.Tensor, got {type(weight).__name__}")
     stride, padding, dilation = _conv_params(weight.shape[-1], stride, padding, dilation)
     op = _extension.compiled_op("lifting_conv2d" if lifting else "group_conv2d")
     if op is None:
+        _check_conv(lifting, x, weight, bias, group)
         ref = reference.lifting_conv2d if lifting else reference.group_conv2d
         return ref(x, weight, bias, group, stride, padding, dilation, disk_mask)
+    for t, name in ((x, "input"), (bias, "bias")):
+        if not isinstance(t, torch.Tensor) and (t is not None or name == "input"):
+            raise TypeError(f"gconv_ext: {name} must be a torch.Tensor{' or None' if name == 'bias' else ''}, "
+                            f"got {type(t).__name__}")
     return op(x, weight, bias, group.rotations, group.reflections, bool(disk_mask), stride, padding, dilation)
 
 
@@ -145,17 +156,24 @@ def _check_shapes(lifting: bool, input, weight, rotations, reflections, stride, 
     """The checks of csrc/conv.cpp ``check_conv``, for the fake kernels (same conditions, same wording)."""
     n = fake_group_order(rotations, reflections)
     dim = 4 if lifting else 5
-    torch._check(input.dim() == dim, lambda: f"gconv_ext: input must be {dim}-D, got {input.dim()}-D")
-    torch._check(weight.dim() == dim, lambda: f"gconv_ext: weight must be {dim}-D, got {weight.dim()}-D")
+    x_layout = "[B, C_in, H, W]" if lifting else "[B, C_in, |G|, H, W]"
+    w_layout = "[C_out, C_in, k, k]" if lifting else "[C_out, C_in, |G|, k, k]"
+    torch._check(input.dim() == dim,
+                 lambda: f"gconv_ext: input must be a {dim}-D tensor {x_layout}, got shape {list(input.shape)}")
+    torch._check(weight.dim() == dim,
+                 lambda: f"gconv_ext: weight must be a {dim}-D tensor {w_layout}, got shape {list(weight.shape)}")
     fake_floating(input, "input")
     torch._check(weight.shape[-1] == weight.shape[-2] and weight.shape[-1] >= 1,
                  lambda: f"gconv_ext: weight must have a square kernel of size >= 1, got {list(weight.shape[-2:])}")
     torch._check(input.shape[1] == weight.shape[1],
-                 lambda: f"gconv_ext: input has {input.shape[1]} channels but weight expects {weight.shape[1]}")
+                 lambda: f"gconv_ext: input has {input.shape[1]} channels but weight expects C_in = {weight.shape[1]}")
     if not lifting:
-        torch._check(input.shape[2] == n, lambda: f"gconv_ext: input.shape[2] must be |G| = {n}")
-        torch._check(weight.shape[2] == n, lambda: f"gconv_ext: weight.shape[2] must be |G| = {n}")
-    torch._check(input.dtype == weight.dtype, lambda: "gconv_ext: input and weight must have the same dtype")
+        name = f"{'D' if reflections else 'C'}{rotations}"
+        for t, what in ((input, "input"), (weight, "weight")):
+            torch._check(t.shape[2] == n, lambda: f"gconv_ext: {what}.shape[2] must be the group order |G| = {n} "
+                                                  f"for {name}, got {t.shape[2]}")
+    torch._check(input.dtype == weight.dtype, lambda: f"gconv_ext: input and weight must have the same dtype, got "
+                                                      f"{input.dtype} and {weight.dtype}")
     fake_pair(stride, "stride", 1)
     fake_pair(padding, "padding", 0)
     fake_pair(dilation, "dilation", 1)

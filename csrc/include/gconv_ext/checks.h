@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <string>
 
 #include "gconv_ext/plan.h"
 
@@ -15,6 +16,28 @@ namespace gconv_ext {
 // The largest N of C_N / D_N: the transform plans and Cayley tables grow as |G|^2 (N = 1024: 16 MB), and
 // group_order(N, true) must not overflow. gconv_ext/_args.py MAX_ROTATIONS is the same number.
 constexpr int64_t kMaxRotations = 1024;
+
+// A dtype as Python spells it ("torch.float32"), so the messages read like the Python twins' (which print
+// torch.dtype) rather than c10's "Float".
+inline std::string dtype_name(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    case at::kFloat8_e4m3fn: return "torch.float8_e4m3fn";
+    case at::kFloat8_e5m2: return "torch.float8_e5m2";
+    default: return std::string("torch.") + c10::toString(s);
+  }
+}
 
 inline void check_group(int64_t rotations) {
   TORCH_CHECK_VALUE(rotations >= 1 && rotations <= kMaxRotations,
@@ -37,7 +60,7 @@ inline void check_floating(const at::Tensor& t, const char* name) {
   // isFloatingType would otherwise reach AT_DISPATCH and fail with "not implemented").
   const auto s = t.scalar_type();
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, "gconv_ext: ", name,
-                   " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", t.scalar_type());
+                   " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ", dtype_name(s));
 }
 
 // A stride/padding/dilation/kernel_size argument: 2 elements, each >= min (int64_t or c10::SymInt).
@@ -52,7 +75,7 @@ inline void check_pair(c10::ArrayRef<T> v, const char* name, int64_t min) {
 // `other` must match `ref` in shape-independent properties: dtype and device.
 inline void check_like(const at::Tensor& other, const char* other_name, const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_TYPE(other.scalar_type() == ref.scalar_type(), "gconv_ext: ", other_name, " must have the dtype of ",
-                   ref_name, " (", ref.scalar_type(), "), got ", other.scalar_type());
+                   ref_name, " (", dtype_name(ref.scalar_type()), "), got ", dtype_name(other.scalar_type()));
   TORCH_CHECK(other.device() == ref.device(), "gconv_ext: ", other_name, " and ", ref_name,
               " must be on the same device, got ", other.device(), " and ", ref.device());
 }
