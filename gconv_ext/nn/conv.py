@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _extension
 from ..groups import Group
 from ..ops import group_conv2d, group_filter, lift_filter, lifting_conv2d
 from ..ops.conv import _check_conv, _check_spatial, _conv_params
@@ -183,6 +184,10 @@ class _EquivariantConv(nn.Module):
         if self.stride != (1, 1):
             warn_if_inexact(self, x)
         if not self._use_cache():
+            op = _extension.compiled_op("lifting_conv2d" if self._lifting else "group_conv2d")
+            if op is not None:  # the arguments were validated by the constructor: straight to the op
+                return op(x, self.weight, self.bias, self.group.rotations, self.group.reflections, self.disk_mask,
+                          self.stride, self.padding, self.dilation)
             fn = lifting_conv2d if self._lifting else group_conv2d
             return fn(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
         # The same checks (and messages) as the functional op of the training path, before the plain conv.
