@@ -115,7 +115,10 @@ def test_gradcheck_and_gradgradcheck(lifting, group, stride, padding, dilation):
 def test_one_autograd_node():
     x, w, bs = _inputs(True, Group(4), 1, 2, 3, 6, 3, True, requires_grad=True)
     out = lifting_conv2d(x, w, bs, "C4")
-    assert "gconv_ext" in type(out.grad_fn).__name__ or "lifting_conv2d" in str(out.grad_fn.name())
+    assert "gconv_ext::LiftingConv2dBackward" in out.grad_fn.name()  # the C++ autograd node (conv_autograd.cpp)
+    assert group_conv2d(torch.randn(1, 2, 4, 6, 6, dtype=F64), torch.randn(3, 2, 4, 3, 3, dtype=F64,
+                                                                           requires_grad=True), None,
+                        "C4").grad_fn.name().endswith("<gconv_ext::GroupConv2dBackward>")
     assert {type(fn).__name__ for fn, _ in out.grad_fn.next_functions if fn is not None} == {"AccumulateGrad"}
 
 

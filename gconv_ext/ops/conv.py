@@ -143,8 +143,8 @@ def group_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 # * fake (meta) kernels, so the ops trace under ``torch.compile``; they check shapes with ``torch._check``
 #   and take output strides from ATen's own convolution meta functions, so they match the real kernels
 #   (channels_last included);
-# * the autograd of the forward op: one call of the backward op (one ``at::convolution_backward`` for all
-#   requested gradients, the expanded filter recomputed, not saved);
+# * (the autograd of the forward op is C++, csrc/conv_autograd.cpp: one call of the backward op, one
+#   ``at::convolution_backward`` for all requested gradients, the expanded filter recomputed, not saved);
 # * the autograd of the backward op, written with the two ops themselves, so double (and higher) backward
 #   works: the backward op is linear in ``grad_out`` and bilinear in (``grad_out``, ``input``) and
 #   (``grad_out``, ``weight``), and each of its adjoints is again a forward or backward op.
@@ -243,21 +243,6 @@ def _register() -> None:
         torch.library.register_fake(bwd._qualified_op_name,
                                     lambda *args, _lifting=lifting: _fake_backward(_lifting, *args))
 
-        def setup_forward(ctx, inputs, output):
-            input, weight, bias, *args = inputs
-            ctx.save_for_backward(input, weight)
-            ctx.args = args  # rotations, reflections, disk_mask, stride, padding, dilation
-            ctx.has_bias = bias is not None
-
-        def backward_of_forward(ctx, grad, _bwd=bwd):
-            input, weight = ctx.saved_tensors
-            need = ctx.needs_input_grad
-            mask = [need[0], need[1], ctx.has_bias and need[2]]
-            if not any(mask):
-                return (None,) * 9
-            grad_input, grad_weight, grad_bias = _bwd(grad, input, weight, *ctx.args, mask)
-            return (grad_input, grad_weight, grad_bias) + (None,) * 6
-
         def setup_backward(ctx, inputs, output):
             grad_out, input, weight, *args = inputs
             ctx.save_for_backward(grad_out, input, weight)
@@ -284,7 +269,6 @@ def _register() -> None:
                 g_weight = _bwd(grad_out, gg_input, weight, *ctx.args, [False, True, False])[1]
             return (g_grad_out, g_input, g_weight) + (None,) * 7
 
-        torch.library.register_autograd(fwd._qualified_op_name, backward_of_forward, setup_context=setup_forward)
         torch.library.register_autograd(bwd._qualified_op_name, backward_of_backward, setup_context=setup_backward)
 
 
