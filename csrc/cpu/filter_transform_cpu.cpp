@@ -1,7 +1,7 @@
 // CPU loops over the shared filter-transform arithmetic (filter_transform.h).
 //
-// The sums are evaluated for W filters at once: a block of W input channels is gathered into a
-// lane-minor tile (tap-major, channel-minor), the shared templates run on Lanes<acc_t, W> values
+// The sums are evaluated for W filters at once: a block of W filters (of the flattened C_out * C_in axis) is
+// gathered into a lane-minor tile (tap-major, filter-minor), the shared templates run on Lanes<acc_t, W> values
 // (which the compiler turns into SIMD), and the results are scattered back to the logical layout.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -61,18 +61,20 @@ constexpr int lanes_for() {
   return sizeof(acc_t) == 4 ? 16 : 8;
 }
 
+// The lanes run over W consecutive filters f = co * c_in + ci of the flattened [C_out * C_in] axis (not over
+// input channels only): every filter shares the plan, and a lifting layer's C_in = 1 fills all W lanes.
 template <typename scalar_t>
 void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t c_out, int64_t c_in, int64_t gin) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;  // one filter: gin * kk taps
-  const int64_t cblocks = (c_in + W - 1) / W;
-  at::parallel_for(0, c_out * cblocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tin(slab * W), tout(slab * W);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t co = b / cblocks, ci0 = (b % cblocks) * W, nl = std::min<int64_t>(W, c_in - ci0);
-      for (int64_t l = 0; l < W; ++l) {  // gather: tin[(a, t), l] = in[co, ci0 + l, a, t]
-        const scalar_t* src = in + (co * c_in + ci0 + l) * slab;
+      const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
+      for (int64_t l = 0; l < W; ++l) {  // gather: tin[(a, t), l] = in[f0 + l, a, t]
+        const scalar_t* src = in + (f0 + l) * slab;
         for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
       }
       for (int64_t g = 0; g < p.order; ++g) {
@@ -83,8 +85,9 @@ void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t 
             for (int i = 0; i < W; ++i) tout[(h * kk + o) * W + i] = r.v[i];
           }
         }
-        for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci0 + l, h, o] = tout[(h, o), l]
-          scalar_t* dst = out + ((co * p.order + g) * c_in + ci0 + l) * slab;
+        for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci, h, o] = tout[(h, o), l]
+          const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
+          scalar_t* dst = out + ((co * p.order + g) * c_in + ci) * slab;
           for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
         }
       }
@@ -98,16 +101,21 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;
-  const int64_t cblocks = (c_in + W - 1) / W;
-  at::parallel_for(0, c_out * cblocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tg(p.order * slab * W), tout(slab * W);
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t co = b / cblocks, ci0 = (b % cblocks) * W, nl = std::min<int64_t>(W, c_in - ci0);
-      for (int64_t g = 0; g < p.order; ++g) {  // gather: tg[(g, h, o), l] = grad_out[co, g, ci0 + l, h, o]
+      const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
+      for (int64_t g = 0; g < p.order; ++g) {  // gather: tg[(g, h, o), l] = grad_out[co, g, ci, h, o]
         for (int64_t l = 0; l < W; ++l) {
-          const scalar_t* src = gout + ((co * p.order + g) * c_in + ci0 + l) * slab;
+          const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           acc_t* dst = tg.data() + g * slab * W + l;
-          for (int64_t i = 0; i < slab; ++i) dst[i * W] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
+          if (l >= nl) {
+            for (int64_t i = 0; i < slab; ++i) dst[i * W] = acc_t(0);
+            continue;
+          }
+          const scalar_t* src = gout + ((co * p.order + g) * c_in + ci) * slab;
+          for (int64_t i = 0; i < slab; ++i) dst[i * W] = static_cast<acc_t>(src[i]);
         }
       }
       const TileGrouped<acc_t, W> grouped{tg.data(), gin, kk};
@@ -117,8 +125,8 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
           for (int i = 0; i < W; ++i) tout[(a * kk + t) * W + i] = r.v[i];
         }
       }
-      for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[co, ci0 + l, a, t]
-        scalar_t* dst = gin_ptr + (co * c_in + ci0 + l) * slab;
+      for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[f0 + l, a, t]
+        scalar_t* dst = gin_ptr + (f0 + l) * slab;
         for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
       }
     }
