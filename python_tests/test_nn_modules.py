@@ -376,11 +376,11 @@ def test_eval_uses_cache_and_matches_train_path():
     assert gc._cache is None and y_graph.requires_grad
     with torch.no_grad():
         y_eval = gc(x)
-        cache = gc._cache
-        assert cache is not None and not cache.requires_grad and cache.grad_fn is None
+        cache = gc._cache  # (expanded filter, bias repeated over the group axis)
+        assert cache is not None and all(not t.requires_grad and t.grad_fn is None for t in cache)
         gc(x)
         assert gc._cache is cache  # reused
-    # F.conv2d on the cached filter, then the bias, vs the op: the same sums in other orders (conv_atol)
+    # F.conv2d on the cached filter with the folded bias vs the op: the same sums in other orders (conv_atol)
     atol = conv_atol(False, x, gc.weight, gc.bias, Group(4, True), 1, 1)
     torch.testing.assert_close(y_eval, y_train.detach(), atol=atol, rtol=0)
     with torch.inference_mode():
@@ -803,3 +803,28 @@ def test_pool_exports_standard_pools_and_rejects_what_they_cannot_express():
 
     with pytest.raises(ValueError, match="OtherPool: export"):
         gnn.export(nn.Sequential(_OtherPool(2)))
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_eval_cache_under_autocast_matches_the_op_path_and_casts_once(lifting):
+    # Under autocast the op casts input, weight and bias to bf16 and folds the bias into the conv: its output
+    # is bf16. The eval cache must give that dtype too (an fp32 bias added after the conv used to promote
+    # the output to fp32), and hold the filter already cast (not cast again on every call).
+    torch.manual_seed(0)
+    m = gnn.LiftingConv2d(3, 4, 3, "C4", padding=1) if lifting else gnn.GroupConv2d(3, 4, 3, "C4", padding=1)
+    x = torch.randn(2, 3, 9, 9) if lifting else torch.randn(2, 3, 4, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        op_out = m(x)  # training mode: the op path
+        m.eval()
+        with torch.no_grad():
+            cached = m(x)
+            filt = m._cache[0]
+            again = m(x)
+    assert op_out.dtype == cached.dtype == torch.bfloat16
+    assert filt.dtype == torch.bfloat16 and m._cache[0] is filt  # cast once, reused
+    assert torch.equal(cached, again)
+    # the same bf16 operands and a float32 accumulation on both paths; at most the final bf16 rounding of
+    # each output differs (2 ulps of bf16 at the output's magnitude)
+    torch.testing.assert_close(cached.float(), op_out.detach().float(), rtol=2 * 2.0**-8, atol=1e-6)
+    with torch.no_grad():  # leaving autocast: a float32 cache entry again
+        assert m(x).dtype == torch.float32 and m._cache[0].dtype == torch.float32

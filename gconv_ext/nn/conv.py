@@ -7,8 +7,10 @@ Layout of group feature maps: ``(B, C, |G|, H, W)``, plain tensors (channel-majo
 
 Training runs the functional ops of :mod:`gconv_ext.ops` (filter expansion + convolution, differentiable).
 In eval mode, when no gradient is needed, the expanded filter is cached and the forward is a single
-``F.conv2d``. The cache is a plain attribute (never in ``state_dict``), built under ``no_grad`` and keyed on
-the weight's identity, storage, device, dtype and version counter, so any in-place update (optimiser step,
+``F.conv2d`` with the bias folded in (as in the op). The cache is a plain attribute (never in ``state_dict``),
+built under ``no_grad`` and keyed on the weight's and bias's identity, storage, device, dtype and version
+counter and on the autocast dtype (under autocast it holds the filter already cast, and the output has the
+training path's dtype), so any in-place update (optimiser step,
 ``load_state_dict``, ``.to()``) invalidates it (writes through ``weight.data`` bypass the version counter:
 call ``clear_cache()`` after those). It is bypassed under ``torch.compile`` / ``torch.export``.
 """
@@ -84,7 +86,7 @@ class _EquivariantConv(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self._cache: torch.Tensor | None = None  # plain attribute: never in state_dict
+        self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # plain attribute: never in state_dict
         self._cache_key: tuple | None = None
         self.reset_parameters()
 
@@ -137,13 +139,20 @@ class _EquivariantConv(nn.Module):
         self._cache = None
         self._cache_key = None
 
-    def _cached_weight(self) -> torch.Tensor:
-        w = self.weight
-        key = (id(w), w.data_ptr(), w.device, w.dtype, w._version)
+    def _cached_filter(self, device_type: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The expanded filter and the bias repeated over the group axis (folded into the conv, as the op does),
+        in the autocast dtype when autocast is on: cast once per cache entry, not on every call."""
+        w, b = self.weight, self.bias
+        cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        key = (id(w), w.data_ptr(), w.device, w.dtype, w._version,
+               None if b is None else (id(b), b.data_ptr(), b._version), cast)
         if self._cache is None or self._cache_key != key:
             with torch.no_grad():
-                self._cache = self.expanded_weight().detach()
-            self._cache_key = key
+                filt = self.expanded_weight().detach()
+                bias = None if b is None else b.detach().repeat_interleave(self.group.order)
+                if cast is not None and filt.dtype != cast:
+                    filt, bias = filt.to(cast), None if bias is None else bias.to(cast)
+            self._cache, self._cache_key = (filt, bias), key
         return self._cache
 
     def _use_cache(self) -> bool:
@@ -194,9 +203,9 @@ class _EquivariantConv(nn.Module):
         _check_conv(self._lifting, x, self.weight, self.bias, self.group)
         _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding, self.dilation))
         planar = x if self._lifting else x.flatten(1, 2)
-        out = F.conv2d(planar, self._cached_weight(), None, self.stride, self.padding, self.dilation)
-        out = out.unflatten(1, (self.out_channels, self.group.order))
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1, 1)
+        filt, bias = self._cached_filter(x.device.type)
+        out = F.conv2d(planar, filt, bias, self.stride, self.padding, self.dilation)
+        return out.unflatten(1, (self.out_channels, self.group.order))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group.name}")
