@@ -1,10 +1,21 @@
-"""Timing helpers for the benchmark scripts: median of repeated runs after warm-up."""
+"""Timing helpers for the benchmark scripts.
+
+* :func:`interleaved`: the way to measure a **ratio**. Every candidate is timed once per round (a block of
+  calls lasting at least ``min_block`` seconds), the order rotating from round to round (A, B, C / B, C, A /
+  C, A, B / ...), so that a change of the machine's load or clock hits every candidate alike; a ratio is the
+  median over the rounds of the per-round ratio, given with its spread (interquartile range and min-max).
+  Single runs on the project's machines vary by about 10%; a ratio of two separately timed medians does not
+  cancel that, a median of per-round ratios mostly does.
+* :func:`timeit`: median seconds per call of one function (absolute figures only).
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,7 +25,7 @@ from gconv_ext.provenance import cpu_model
 
 def timeit(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 15, min_time: float = 0.0) -> float:
     """Median seconds per call of ``fn`` (CUDA-synchronised when a GPU is in use)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync = _default_sync()
     for _ in range(warmup):
         fn()
     sync()
@@ -26,6 +37,165 @@ def timeit(fn: Callable[[], object], *, warmup: int = 3, repeat: int = 15, min_t
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); all three the value itself for a single value."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, med, q3
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of per-round values with its spread: ``q1``-``q3`` (interquartile range) and min-max."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    values: tuple[float, ...] = field(repr=False)
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        if not values:
+            raise ValueError("Spread.of needs at least one value")
+        q1, med, q3 = _quartiles(list(values))
+        return cls(med, q1, q3, min(values), max(values), tuple(values))
+
+    def fmt(self, digits: int = 3, unit: str = "x") -> str:
+        """``'1.042x (IQR 1.010-1.071)'``."""
+        return f"{self.median:.{digits}f}{unit} (IQR {self.q1:.{digits}f}-{self.q3:.{digits}f})"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One candidate of :func:`interleaved`: seconds per call in each round (``per_round``, a block of
+    ``inner`` calls divided by ``inner``), their median and spread (``time``), and ``vs_baseline``: this
+    candidate's time over the baseline's, the per-round ratio's median and spread."""
+
+    name: str
+    inner: int
+    per_round: tuple[float, ...]
+    time: Spread
+    vs_baseline: Spread | None = None
+
+    @property
+    def median(self) -> float:
+        return self.time.median
+
+    def ratio(self, other: "Stats") -> Spread:
+        """This candidate's time over ``other``'s, round by round (both from the same :func:`interleaved`)."""
+        return ratio(self, other)
+
+
+def ratio(num: Stats, den: Stats) -> Spread:
+    """``num / den`` per round (the rounds of one :func:`interleaved` call line up), as a :class:`Spread`."""
+    if len(num.per_round) != len(den.per_round):
+        raise ValueError(f"{num.name} and {den.name} have different round counts: not from the same run")
+    return Spread.of([a / b for a, b in zip(num.per_round, den.per_round)])
+
+
+def _default_sync() -> Callable[[], None]:
+    return torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+
+def calibrate_inner(fn: Callable[[], object], min_block: float, *, clock: Callable[[], float] = time.perf_counter,
+                    sync: Callable[[], None] | None = None, max_inner: int = 100_000) -> int:
+    """Calls per timed block so that a block lasts at least ``min_block`` seconds (1 for slow functions):
+    time 1, 2, 4, ... calls until a batch takes >= ``min_block / 4``, then scale up."""
+    sync = sync or _default_sync()
+    n = 1
+    while True:
+        t0 = clock()
+        for _ in range(n):
+            fn()
+        sync()
+        elapsed = clock() - t0
+        if elapsed >= min_block:
+            return n
+        if elapsed >= min_block / 4 or n >= max_inner:
+            return max(1, min(max_inner, math.ceil(n * min_block / max(elapsed, 1e-12))))
+        n *= 2
+
+
+def rotation(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of round ``round_index``: ``names`` rotated left by ``round_index`` (A,B,C / B,C,A / ...)."""
+    k = round_index % len(names)
+    return list(names[k:]) + list(names[:k])
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 1, *,
+                inner: int | dict[str, int] | None = None, min_block: float = 0.02,
+                baseline: str | None = None, budget: float | None = None, min_rounds: int = 3,
+                clock: Callable[[], float] = time.perf_counter,
+                sync: Callable[[], None] | None = None) -> dict[str, Stats]:
+    """Time the candidates ``fns`` in interleaved rounds and return a :class:`Stats` per candidate.
+
+    ``warmup`` untimed rounds (one call of each) come first. Then ``inner`` (an int, a dict per candidate,
+    or ``None``: :func:`calibrate_inner` per candidate, so a block lasts >= ``min_block`` seconds; 1 without
+    calibrating when the candidate's call in the last warm-up round took that long already) is fixed,
+    and each of ``rounds`` rounds times one block of every candidate, in the order :func:`rotation` gives.
+    ``baseline`` (default: the first candidate) is the denominator of every ``Stats.vs_baseline``; any other
+    pair: :func:`ratio`. ``budget`` (seconds, optional) caps the timed rounds: after ``min_rounds`` rounds,
+    no round starts that would end past it (judged by the slowest round so far), so slow cases get fewer
+    rounds; ``len(Stats.per_round)`` says how many ran. ``clock`` and ``sync`` are for tests and GPUs
+    (default: perf_counter, and a CUDA synchronise when CUDA is available).
+    """
+    if not fns:
+        raise ValueError("interleaved needs at least one candidate")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    names = list(fns)
+    baseline = names[0] if baseline is None else baseline
+    if baseline not in fns:
+        raise ValueError(f"baseline {baseline!r} is not one of {names}")
+    sync = sync or _default_sync()
+    last_warmup: dict[str, float] = {}
+    for w in range(warmup):
+        for name in names:
+            t0 = clock()
+            fns[name]()
+            sync()
+            if w == warmup - 1:
+                last_warmup[name] = clock() - t0
+    if inner is None:  # a call of the last warm-up round that lasted a block already: no calibration needed
+        inners = {name: 1 if last_warmup.get(name, 0.0) >= min_block
+                  else calibrate_inner(fns[name], min_block, clock=clock, sync=sync) for name in names}
+    elif isinstance(inner, int):
+        inners = dict.fromkeys(names, inner)
+    else:
+        inners = {name: inner.get(name, 1) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    start, longest = clock(), 0.0
+    for r in range(rounds):
+        if budget is not None and r >= min_rounds and clock() - start + longest > budget:
+            break
+        round_start = clock()
+        for name in rotation(names, r):
+            fn, n = fns[name], inners[name]
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            sync()
+            times[name].append((clock() - t0) / n)
+        longest = max(longest, clock() - round_start)
+    stats = {name: Stats(name, inners[name], tuple(times[name]), Spread.of(times[name])) for name in names}
+    base = stats[baseline]
+    return {name: Stats(s.name, s.inner, s.per_round, s.time, ratio(s, base)) for name, s in stats.items()}
+
+
+def add_interleave_flags(p: argparse.ArgumentParser, rounds: int, warmup: int = 1) -> argparse.ArgumentParser:
+    """``--rounds`` (interleaved rounds per case), ``--warmup`` (untimed rounds) and ``--min-block``
+    (seconds a timed block lasts at least: fast calls are repeated inside it)."""
+    p.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=rounds,
+                   help="interleaved rounds per case (default %(default)s; --repeats: the old name)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first (default %(default)s)")
+    p.add_argument("--min-block", type=float, default=0.02,
+                   help="seconds a timed block lasts at least (default %(default)s)")
+    return p
 
 
 def train_step(fn: Callable[..., torch.Tensor], *leaves: torch.Tensor) -> Callable[[], None]:
@@ -48,15 +218,17 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
-def base_parser(description: str | None, repeat: int, device: bool = True) -> argparse.ArgumentParser:
-    """The flags every kernel benchmark takes: ``--threads`` (2, the project machines' cores), ``--device``
-    and ``--repeat`` (timed calls per figure)."""
+def base_parser(description: str | None, rounds: int, device: bool = True, warmup: int = 1,
+                budget: float = 5.0) -> argparse.ArgumentParser:
+    """The flags every kernel benchmark takes: ``--threads`` (2, the project machines' cores), ``--device``,
+    ``--budget`` (seconds per case before its rounds stop early) and those of :func:`add_interleave_flags`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
     if device:
         p.add_argument("--device", default="cpu")
-    p.add_argument("--repeat", type=int, default=repeat)
-    return p
+    p.add_argument("--budget", type=float, default=budget,
+                   help="seconds per case before its rounds stop early, never below 3 (default %(default)s)")
+    return add_interleave_flags(p, rounds, warmup)
 
 
 def setup_run(threads: int, device: str = "cpu", details: str = "") -> None:
