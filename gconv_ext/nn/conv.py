@@ -88,6 +88,7 @@ class _EquivariantConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # plain attribute: never in state_dict
         self._cache_key: tuple | None = None
+        self._checked_signature: tuple | None = None  # the last input signature the eval path validated
         self.reset_parameters()
 
     # -- initialisation -----------------------------------------------------------------------------
@@ -199,9 +200,15 @@ class _EquivariantConv(nn.Module):
                           self.stride, self.padding, self.dilation)
             fn = lifting_conv2d if self._lifting else group_conv2d
             return fn(x, self.weight, self.bias, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
-        # The same checks (and messages) as the functional op of the training path, before the plain conv.
-        _check_conv(self._lifting, x, self.weight, self.bias, self.group)
-        _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding, self.dilation))
+        # The same checks (and messages) as the functional op of the training path, before the plain conv; once
+        # per input signature (they depend only on shapes, dtypes and devices), not on every call.
+        w = self.weight
+        signature = (x.shape, x.dtype, x.device, w.dtype, w.device, None if self.bias is None else self.bias.dtype)
+        if signature != getattr(self, "_checked_signature", None):  # (absent in modules pickled before it)
+            _check_conv(self._lifting, x, w, self.bias, self.group)
+            _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding,
+                                                              self.dilation))
+            self._checked_signature = signature
         planar = x if self._lifting else x.flatten(1, 2)
         filt, bias = self._cached_filter(x.device.type)
         out = F.conv2d(planar, filt, bias, self.stride, self.padding, self.dilation)
