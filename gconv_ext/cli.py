@@ -11,7 +11,10 @@ Examples::
     python -m gconv_ext table runs/*/result.json -o results.md
 
 Errors in arguments name the option (argparse, exit code 2); a missing data folder or a bad data
-file gives a one-line ``error: ...`` on stderr and exit code 2, without a traceback.
+file gives a one-line ``error: ...`` on stderr and exit code 2, without a traceback. Under ``torchrun``, a
+rank that loses its peers (one was killed, or hung past the process-group timeout, ``GCONV_EXT_DIST_TIMEOUT``
+seconds, default 600) ends with a one-line ``error: rank R of W lost contact ...`` naming the checkpoint to
+``--resume`` from, exit code 1.
 """
 from __future__ import annotations
 
@@ -150,12 +153,16 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from gconv_ext.train.config import config_from_args  # noqa: PLC0415
     from gconv_ext.train.engine import ConfigError, train  # noqa: PLC0415
     from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from gconv_ext.train.distributed import resolve_device  # noqa: PLC0415
+    from gconv_ext.train.distributed import DistributedError, process_group_timeout, resolve_device  # noqa: PLC0415
 
     try:
         resolve_device(args.device)
     except ValueError as exc:
         parser.error(f"--device: {exc}")
+    try:
+        process_group_timeout()
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
     if args.ien_beta is None:
         for flag, value in (("--ien-transforms", args.ien_transforms), ("--ien-layers", args.ien_layers)):
             if value is not None:
@@ -181,6 +188,8 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error(f"{flag}: {exc}")
     except (FileExistsError, CheckpointError) as exc:
         parser.exit(2, f"error: {exc}\n")
+    except DistributedError as exc:  # a DDP peer died or hung: one line, exit code 1 (torchrun names the rank)
+        parser.exit(1, f"error: {exc}\n")
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if not args.quiet:

@@ -150,20 +150,40 @@ def test_refuses_to_overwrite_a_run(tmp_path, shared_data_dir):
         train(cfg)
 
 
-def test_resume_equals_uninterrupted(tmp_path, shared_data_dir):
-    kw = dict(epochs=2, train_rotation="uniform", train_limit=256, val_limit=128, patience=5)
+def _assert_same_run(a: dict, b: dict) -> None:
+    """Two last.pt checkpoints hold bitwise the same weights, optimiser state and metrics."""
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for i, (sa, sb) in enumerate(zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                                     strict=True)):
+        for name in sa:
+            assert torch.equal(torch.as_tensor(sa[name]), torch.as_tensor(sb[name])), (i, name)
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    assert [[row[k] for k in keys] for row in a["history"]] == [[row[k] for k in keys] for row in b["history"]]
+
+
+@pytest.mark.parametrize("model", ["cnn", "gcnn"])
+def test_same_seed_and_resume_are_bit_identical(tmp_path, shared_data_dir, model):
+    """Same seed, same thread count (2, this file's fixture), CPU: two uninterrupted runs give bitwise the same
+    weights, optimiser state and metrics, and so does a run interrupted after one epoch and resumed. The GCNN's
+    training step goes through the lifting and group convolutions, their filter transforms and the group
+    max pool, forward and backward; every op alone under use_deterministic_algorithms: test_determinism.py."""
+    kw = dict(model=model, epochs=2, train_rotation="uniform", train_limit=256 if model == "cnn" else 128,
+              val_limit=128, patience=5)
     train(_cfg(tmp_path / "full", shared_data_dir, **kw))
+    train(_cfg(tmp_path / "again", shared_data_dir, **kw))
     train(_cfg(tmp_path / "split", shared_data_dir, stop_after=1, **kw))
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
     summary = train(_cfg(tmp_path / "split", shared_data_dir, resume=True, **kw))
     assert summary["epochs_completed"] == 2
     full = load_checkpoint(tmp_path / "full" / "last.pt")
-    split = load_checkpoint(tmp_path / "split" / "last.pt")
-    for key, value in full["model"].items():
-        assert torch.equal(value, split["model"][key]), key
-    assert full["history"][-1]["val_acc"] == split["history"][-1]["val_acc"]
-    with pytest.raises(ValueError, match="config differs.*lr"):
-        train(_cfg(tmp_path / "split", shared_data_dir, resume=True, lr=0.5, **{**kw, "epochs": 3}))
+    assert full["history"][0]["train_loss"] != full["history"][1]["train_loss"]  # it trained
+    _assert_same_run(full, load_checkpoint(tmp_path / "again" / "last.pt"))
+    _assert_same_run(full, load_checkpoint(tmp_path / "split" / "last.pt"))
+    if model == "cnn":
+        with pytest.raises(ValueError, match="config differs.*lr"):
+            train(_cfg(tmp_path / "split", shared_data_dir, resume=True, lr=0.5, **{**kw, "epochs": 3}))
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@
 from gconv_ext.train.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from gconv_ext.train.config import RECIPES, TrainConfig
 from gconv_ext.train.datasets import DatasetSpec, available_datasets, dataset_spec, register_dataset
-from gconv_ext.train.distributed import DistContext, setup_distributed
+from gconv_ext.train.distributed import DistContext, DistributedError, setup_distributed
 from gconv_ext.train.engine import ConfigError, RunFiles, accuracy, evaluate, fit, train
 from gconv_ext.train.objective import build_objective
 from gconv_ext.train.registry import (
@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DatasetSpec",
     "DistContext",
+    "DistributedError",
     "RECIPES",
     "RunFiles",
     "TrainConfig",

@@ -82,7 +82,12 @@ from gconv_ext.train.checkpoint import (
 )
 from gconv_ext.train.config import TrainConfig
 from gconv_ext.train.datasets import TrainData, dataset_spec, epoch_generator, load_train_data
-from gconv_ext.train.distributed import DistContext, setup_distributed
+from gconv_ext.train.distributed import (
+    DistContext,
+    is_communication_error,
+    lost_peer_error,
+    setup_distributed,
+)
 from gconv_ext.train.objective import Objective, build_objective
 from gconv_ext.train.precision import (
     autocast_context,
@@ -334,6 +339,7 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> dict[str, Any]:
         ConfigError: the model cannot be built from the config, or the IEN settings do not fit the model.
         FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         CheckpointError: ``resume`` from a checkpoint that is unreadable or was made with another config.
+        DistributedError: under DDP, another rank died or did not answer within the process-group timeout.
     """
     cfg.validate()
     own_ctx = ctx is None
@@ -446,6 +452,9 @@ def fit(
         FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
         CheckpointError: ``resume`` from a checkpoint that is unreadable or was made with other settings
             (unless ``overwrite`` is set too: then the run starts again).
+        DistributedError: under DDP, another rank died or did not answer within the process-group timeout
+            (:func:`~gconv_ext.train.distributed.lost_peer_error`: the message names the rank, the timeout and
+            the checkpoint to ``--resume`` from).
     """
     cfg.validate()
     own_ctx = ctx is None
@@ -455,6 +464,11 @@ def fit(
         with _process_settings(cfg):
             return _fit(model, data, cfg, ctx, prepare, json.loads(json.dumps(dict(meta or {}))), files,
                         _logger(ctx, cfg, log))
+    except RuntimeError as exc:
+        if ctx.distributed and is_communication_error(exc):
+            last = None if cfg.out_dir is None else Path(cfg.out_dir) / files.last
+            raise lost_peer_error(exc, ctx, last) from exc
+        raise
     finally:
         if own_ctx:
             ctx.close()
