@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from .._args import fake_floating, fake_same_device
+from .._args import SUPPORTED_DTYPES, fake_floating, fake_same_device
 from . import reference
 
 __all__ = ["group_pool"]
@@ -26,16 +26,20 @@ def group_pool(x: torch.Tensor, mode: str = "max") -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 5:
-        raise ValueError(f"gconv_ext: input must be 5-D [B, C, |G|, H, W], got shape {tuple(x.shape)}")
-    if mode not in ("max", "mean"):
+    if mode not in ("max", "mean"):  # (also catches a non-string mode, which the op's schema would refuse)
         raise ValueError(f"gconv_ext: mode must be 'max' or 'mean', got {mode!r}")
-    if not x.is_floating_point():
-        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
+    op = _extension.compiled_op("group_pool")
+    if op is not None:  # the tensor checks run once, in C++ (csrc/group_pool.cpp) or the fake kernel
+        return op(x, mode)
+    # the reference fallback: the compiled op's checks, same wording
+    if x.dim() != 5:
+        raise ValueError(f"gconv_ext: input must be a 5-D tensor [B, C, |G|, H, W], got shape {list(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"gconv_ext: input must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                        f"got {x.dtype}")
     if x.shape[2] < 1:
         raise ValueError("gconv_ext: the group axis (input.shape[2]) must be non-empty")
-    op = _extension.compiled_op("group_pool")
-    return reference.group_pool(x, mode) if op is None else op(x, mode)
+    return reference.group_pool(x, mode)
 
 
 # -- registration (fake kernels and autograd), only when the compiled ops exist --------------------

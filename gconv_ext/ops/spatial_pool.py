@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
-from .._args import MAX_EXTENT, fake_floating, fake_pair, fake_same_device, int_pair
+from .._args import MAX_EXTENT, SUPPORTED_DTYPES, fake_floating, fake_pair, fake_same_device, int_pair
 from . import reference
 
 __all__ = ["group_max_pool2d", "group_avg_pool2d"]
@@ -29,25 +29,41 @@ __all__ = ["group_max_pool2d", "group_avg_pool2d"]
 IntOr2 = int | Sequence[int]
 
 
-def _pool_params(x, kernel_size, stride, padding):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (4, 5):
-        raise ValueError(f"gconv_ext: input must be a 5-D group map [B, C, |G|, H, W] or a 4-D tensor [B, C, H, W], "
-                         f"got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"gconv_ext: input must be a floating-point tensor, got {x.dtype}")
+def _pool_params(kernel_size, stride, padding):
+    """The pairs the op takes (``stride`` defaults to ``kernel_size``), each validated and named."""
     k = int_pair("gconv_ext", "kernel_size", kernel_size, 1)
     s = k if stride is None else int_pair("gconv_ext", "stride", stride, 1)
-    p = int_pair("gconv_ext", "padding", padding, 0)
+    return list(k), list(s), list(int_pair("gconv_ext", "padding", padding, 0))
+
+
+def _check_pool_input(x, k, p) -> None:
+    """The compiled op's input checks (csrc/spatial_pool.cpp ``check_map`` and ``geometry``, same wording), for the
+    reference fallback only: with the compiled op they run once, in C++ (or the fake kernel)."""
+    if x.dim() not in (4, 5):
+        raise ValueError(f"gconv_ext: input must be a 5-D group map [B, C, |G|, H, W] or a 4-D tensor [B, C, H, W], "
+                         f"got shape {list(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"gconv_ext: input must be a floating-point tensor (float32, float64, float16 or bfloat16), "
+                        f"got {x.dtype}")
     if any(2 * pi > ki for pi, ki in zip(p, k)):
-        raise ValueError(f"gconv_ext: padding must be at most half the kernel size, got padding={padding!r} for "
-                         f"kernel_size={kernel_size!r}")
+        raise ValueError(f"gconv_ext: padding must be at most half the kernel size, got padding {p} for "
+                         f"kernel_size {k}")
     h, w = x.shape[-2], x.shape[-1]
-    if h < 1 or w < 1 or h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
-        raise ValueError(f"gconv_ext: input spatial size {h}x{w} is too small for kernel_size={kernel_size!r} "
-                         f"with padding={padding!r}")
-    return list(k), list(s), list(p)
+    if h < 1 or w < 1:
+        raise ValueError(f"gconv_ext: input spatial size must be non-empty, got {h}x{w}")
+    if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
+        raise ValueError(f"gconv_ext: input spatial size {h}x{w} is too small for kernel_size {k} with padding {p}")
+
+
+def _pool(name: str, x, kernel_size, stride, padding) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"gconv_ext: input must be a torch.Tensor, got {type(x).__name__}")
+    k, s, p = _pool_params(kernel_size, stride, padding)
+    op = _extension.compiled_op(name)
+    if op is None:
+        _check_pool_input(x, k, p)
+        return getattr(reference, name)(x, k, s, p)
+    return op(x, k, s, p)
 
 
 def group_max_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None = None,
@@ -58,18 +74,14 @@ def group_max_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None
     propagate. The gradient goes to the first maximal element of each window (row-major order), found
     again in the backward (no stored indices); differentiable twice.
     """
-    k, s, p = _pool_params(x, kernel_size, stride, padding)
-    op = _extension.compiled_op("group_max_pool2d")
-    return reference.group_max_pool2d(x, k, s, p) if op is None else op(x, k, s, p)
+    return _pool("group_max_pool2d", x, kernel_size, stride, padding)
 
 
 def group_avg_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None = None,
                      padding: IntOr2 = 0) -> torch.Tensor:
     """Spatial average pooling of every group slice, like :func:`group_max_pool2d`; zero padding is
     counted (``count_include_pad=True``: every window divides by ``k_h * k_w``)."""
-    k, s, p = _pool_params(x, kernel_size, stride, padding)
-    op = _extension.compiled_op("group_avg_pool2d")
-    return reference.group_avg_pool2d(x, k, s, p) if op is None else op(x, k, s, p)
+    return _pool("group_avg_pool2d", x, kernel_size, stride, padding)
 
 
 # -- registration (fake kernels and autograd), only when the compiled ops exist --------------------
