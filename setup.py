@@ -7,7 +7,9 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST  CUDA architectures (default "7.5;8.0;9.0+PTX": sm_75, sm_80, sm_90, and PTX
                         for newer GPUs to JIT)
   MAX_JOBS              parallel compile jobs (ninja)
-Install with `pip install --no-build-isolation -e .` so the extension builds against the torch you have.
+Install with `pip install --no-build-isolation -e .` so the extension builds against the torch you have;
+with `--no-deps` pip leaves that torch (and everything else) as it is. Supported: torch >=2.11,<2.15
+(TORCH_REQUIREMENT; README "Supported versions" says what was tested); another torch builds with a warning.
 """
 import glob
 import os
@@ -24,14 +26,25 @@ try:
     import torch
     from torch.utils import cpp_extension
 except ImportError:  # pragma: no cover - a build-time message, not library code
-    sys.exit("gconv_ext: building needs PyTorch installed first (pip install torch==2.14.1), "
-             "then `pip install --no-build-isolation -e .`")
+    sys.exit("gconv_ext: building needs PyTorch installed first (any torch>=2.11,<2.15, e.g. "
+             "`pip install -r requirements.txt` for the pinned 2.14.1), then `pip install --no-build-isolation -e .`")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Tools installed beside this interpreter (ninja from requirements.txt) are found even when the venv
 # is not activated.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 DEFAULT_ARCHS = "7.5;8.0;9.0+PTX"
+# The torch releases this extension is built and tested against (README "Supported versions"). The build
+# uses whatever torch is installed and only warns outside this range; requirements.txt pins one release for
+# the reproducible install.
+TORCH_RANGE = (2, 11), (2, 15)  # >= the first, < the second
+TORCH_REQUIREMENT = "torch>={}.{},<{}.{}".format(*TORCH_RANGE[0], *TORCH_RANGE[1])
+
+
+def check_torch_version() -> None:
+    if not TORCH_RANGE[0] <= torch.torch_version.TorchVersion(torch.__version__) < TORCH_RANGE[1]:
+        print(f"gconv_ext: warning: building against torch {torch.__version__}, outside the supported range "
+              f"({TORCH_REQUIREMENT}); it may not compile or pass the tests", file=sys.stderr)
 
 
 def want_cuda() -> bool:
@@ -55,6 +68,7 @@ def want_cuda() -> bool:
 
 
 def extensions():
+    check_torch_version()
     with_cuda = want_cuda()
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define = [("GCONV_EXT_TORCH_VERSION", f'"{torch.__version__}"')]
@@ -88,7 +102,7 @@ setup(
     packages=find_packages(include=["gconv_ext", "gconv_ext.*"]),
     package_data={"gconv_ext": ["pretrained/*.pt", "pretrained/manifest.json"]},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "tqdm"],
+    install_requires=[TORCH_REQUIREMENT, "numpy", "tqdm"],
     ext_modules=extensions(),
     entry_points={"console_scripts": ["gconv-ext=gconv_ext.cli:main"]},
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
