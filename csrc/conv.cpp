@@ -2,12 +2,15 @@
 // convolution through ATen (oneDNN on CPU, cuDNN on CUDA) with the bias folded in (repeated |G| times),
 // and the explicit backward: one at::convolution_backward for the input, weight and bias gradients,
 // then the adjoint transform on the weight gradient. The expanded filter is recomputed in the backward
-// (never saved), and only when the input gradient is asked for. Device-generic: only ATen calls and the transform ops (through the dispatcher, which picks
+// (never saved), and only when the input gradient is asked for. Device-generic: only ATen calls and the
+// transform ops (through the dispatcher, which picks
 // the backend), so the two ops and their backward ops are registered once, under CompositeExplicitAutograd;
 // their autograd and fake kernels are in gconv_ext/ops/conv.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <array>
 
 #include "gconv_ext/checks.h"
 #include "gconv_ext/ops.h"
@@ -73,14 +76,19 @@ int64_t conv_out_size(const at::Tensor& input, const at::Tensor& weight, c10::Sy
              stride[d].expect_int() + 1;
 }
 
-// The expanded filter as a planar convolution weight: [C_out * |G|, C_in (* |G|), k, k].
+// The shape of the expanded filter as a planar convolution weight: [C_out * |G|, C_in (* |G|), k, k]
+// (explicit sizes, not -1: C_out = 0 or C_in = 0 are valid, empty filters).
+std::array<int64_t, 4> expanded_sizes(const ConvKind& kind, const at::Tensor& weight, int64_t order) {
+  const int64_t k = weight.size(-1);
+  return {weight.size(0) * order, weight.size(1) * (kind.lifting ? 1 : order), k, k};
+}
+
+// The expanded filter as a planar convolution weight.
 at::Tensor expand_filter(const ConvKind& kind, const at::Tensor& weight, int64_t rotations, bool reflections,
                          bool disk_mask) {
   const at::Tensor w = call_transform(kind.lifting ? "gconv_ext::lift_filter" : "gconv_ext::group_filter", weight,
                                       rotations, reflections, disk_mask);
-  const int64_t order = group_order(rotations, reflections), k = weight.size(-1);
-  // explicit sizes (not -1): C_out = 0 or C_in = 0 are valid, empty filters
-  return w.view({weight.size(0) * order, weight.size(1) * (kind.lifting ? 1 : order), k, k});
+  return w.view(expanded_sizes(kind, weight, group_order(rotations, reflections)));
 }
 
 // The input as a planar feature map: the group axis folded into the channels.
@@ -135,10 +143,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   // The expanded filter's values are read only for the input gradient. When only the weight and bias
   // gradients are asked for (a lifting layer, whose image input needs none; the double backward's
   // weight-only calls), the backend needs nothing but its shape: skip the transform.
-  const int64_t k = weight.size(-1);
   const at::Tensor w = output_mask[0] ? expand_filter(kind, weight, rotations, reflections, disk_mask)
-                                      : at::empty({c_out * order, weight.size(1) * (kind.lifting ? 1 : order), k, k},
-                                                  weight.options());
+                                      : at::empty(expanded_sizes(kind, weight, order), weight.options());
   const at::Tensor go =
       grad_out.reshape({grad_out.size(0), c_out * order, grad_out.size(3), grad_out.size(4)});
   const std::array<c10::SymInt, 1> bias_sizes{c_out * order};
@@ -149,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
       padding, dilation, /*transposed=*/false, no_output_padding, /*groups=*/1, output_mask);
   if (grad_input.defined() && !kind.lifting) grad_input = grad_input.reshape(input.sizes());
   if (grad_weight.defined()) {
-    const int64_t c_in = weight.size(1);
+    const int64_t c_in = weight.size(1), k = weight.size(-1);
     grad_weight = kind.lifting
                       ? call_transform("gconv_ext::lift_filter_backward",
                                        grad_weight.reshape({c_out, order, c_in, k, k}), rotations, reflections,
