@@ -236,5 +236,7 @@ def setup_run(threads: int, device: str = "cpu", details: str = "") -> None:
     torch version, whether the compiled extension is in use, and the run's own settings."""
     torch.set_num_threads(threads)
     where = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else cpu_model()
+    info = gconv_ext.build_info()
     print(f"{where}; {threads} threads; device {device}; torch {torch.__version__}; "
-          f"compiled={gconv_ext.build_info()['compiled']}" + (f"; {details}" if details else ""))
+          f"compiled={info['compiled']}" + (f" (CPU loops: {info['cpu_capability']})" if info["compiled"] else "")
+          + (f"; {details}" if details else ""))

@@ -59,7 +59,9 @@ def compiled_op(name: str) -> Any:
 
 def build_info() -> dict[str, Any]:
     """How the extension was built: ``compiled``, ``with_cuda``, ``cuda_version``, ``cuda_archs``,
-    ``torch_version_built``, ``torch_version_runtime`` and ``error`` (why it is unavailable, or None)."""
+    ``torch_version_built``, ``torch_version_runtime``, ``error`` (why it is unavailable, or None), and the
+    CPU loops' variants: ``cpu_capability`` (the one in use: ``default``, ``avx2`` or ``avx512``, lowered by
+    ``GCONV_EXT_CPU_CAPABILITY``) and ``cpu_capabilities`` (those this build has and this CPU runs)."""
     c = _C
     return {
         "compiled": c is not None,
@@ -69,4 +71,6 @@ def build_info() -> dict[str, Any]:
         "torch_version_built": c.TORCH_VERSION if c is not None else None,
         "torch_version_runtime": torch.__version__,
         "error": _LOAD_ERROR,
+        "cpu_capability": c.cpu_capability() if c is not None else None,
+        "cpu_capabilities": list(c.supported_cpu_capabilities()) if c is not None else [],
     }

@@ -1,65 +1,21 @@
 // CPU loops over the shared filter-transform arithmetic (filter_transform.h).
 //
 // The sums are evaluated for W filters at once: a block of W filters (of the flattened C_out * C_in axis) is
-// gathered into a lane-minor tile (tap-major, filter-minor), the shared templates run on Lanes<acc_t, W> values
-// (which the compiler turns into SIMD), and the results are scattered back to the logical layout.
+// gathered into a lane-minor tile (tap-major, filter-minor), the shared templates run on lanes of W values in
+// the variant of cpu_kernels.inc that this CPU runs best (SIMD of its width), and the results are scattered
+// back to the logical layout.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "gconv_ext/filter_transform.h"
 #include "gconv_ext/register.h"
 
 namespace gconv_ext {
 namespace {
-
-template <typename T, int W>
-struct Lanes {
-  T v[W];
-  Lanes() = default;
-  explicit Lanes(T s) {
-    for (int i = 0; i < W; ++i) v[i] = s;
-  }
-  friend Lanes operator+(const Lanes& a, const Lanes& b) {
-    Lanes r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] + b.v[i];
-    return r;
-  }
-  friend Lanes operator*(const Lanes& a, const Lanes& b) {
-    Lanes r;
-    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i];
-    return r;
-  }
-};
-
-template <typename T, int W>
-struct TileTaps {  // tap t of one slice in a lane-minor tile
-  const T* base;
-  Lanes<T, W> operator()(int64_t t) const {
-    Lanes<T, W> r;
-    for (int i = 0; i < W; ++i) r.v[i] = base[t * W + i];
-    return r;
-  }
-};
-
-template <typename T, int W>
-struct TileGrouped {  // (g, h, o) of a lane-minor grad_out tile
-  const T* base;
-  int64_t gin, kk;
-  Lanes<T, W> operator()(int64_t g, int64_t h, int64_t o) const {
-    const T* p = base + ((g * gin + h) * kk + o) * W;
-    Lanes<T, W> r;
-    for (int i = 0; i < W; ++i) r.v[i] = p[i];
-    return r;
-  }
-};
-
-template <typename acc_t>
-constexpr int lanes_for() {
-  return sizeof(acc_t) == 4 ? 16 : 8;
-}
 
 // The lanes run over W consecutive filters f = co * c_in + ci of the flattened [C_out * C_in] axis (not over
 // input channels only): every filter shares the plan, and a lifting layer's C_in = 1 fills all W lanes.
@@ -67,6 +23,7 @@ template <typename scalar_t>
 void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t c_out, int64_t c_in, int64_t gin) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
+  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;  // one filter: gin * kk taps
   const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -78,13 +35,7 @@ void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t 
         for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
       }
       for (int64_t g = 0; g < p.order; ++g) {
-        for (int64_t h = 0; h < gin; ++h) {
-          const TileTaps<acc_t, W> src{tin.data() + transform_source_slice(p, g, h, gin) * kk * W};
-          for (int64_t o = 0; o < kk; ++o) {
-            const Lanes<acc_t, W> r = transform_forward_tap<Lanes<acc_t, W>, acc_t>(p, g, o, src);
-            for (int i = 0; i < W; ++i) tout[(h * kk + o) * W + i] = r.v[i];
-          }
-        }
+        run.transform_forward(p, tin.data(), tout.data(), g, gin);
         for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci, h, o] = tout[(h, o), l]
           const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           scalar_t* dst = out + ((co * p.order + g) * c_in + ci) * slab;
@@ -100,6 +51,7 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
                    int64_t gin) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
+  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;
   const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -118,13 +70,7 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
           for (int64_t i = 0; i < slab; ++i) dst[i * W] = static_cast<acc_t>(src[i]);
         }
       }
-      const TileGrouped<acc_t, W> grouped{tg.data(), gin, kk};
-      for (int64_t a = 0; a < gin; ++a) {
-        for (int64_t t = 0; t < kk; ++t) {
-          const Lanes<acc_t, W> r = transform_backward_tap<Lanes<acc_t, W>, acc_t>(p, a, t, gin, grouped);
-          for (int i = 0; i < W; ++i) tout[(a * kk + t) * W + i] = r.v[i];
-        }
-      }
+      run.transform_backward(p, tg.data(), tout.data(), gin);
       for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[f0 + l, a, t]
         scalar_t* dst = gin_ptr + (f0 + l) * slab;
         for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);

@@ -5,7 +5,7 @@
 // then computed all at once on a flat index f = oy * P + ox with the output pitch P = s_h * C / s_w (the
 // tile has C columns, a multiple of s_w): window f starts at tile element f * s_w, so for a fixed tap
 // (i, j) the loop over f reads tile[f * s_w + i * C + j] and is a long branch-free select / add loop
-// that gcc vectorises at -O3. Flat positions with ox >= OW are scratch (computed, never stored; their
+// that gcc vectorises at -O3 (those tap loops are in cpu_kernels.inc, built per instruction set). Flat positions with ox >= OW are scratch (computed, never stored; their
 // backward terms are 0). The loops evaluate the sums of spatial_pool.h in the same order:
 //   forward: taps in scan order, per output; padding taps are -inf (never taken by max_pool_takes) or
 //            +0 (adding +0 to a sum that starts at +0 is exact);
@@ -19,25 +19,14 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
+#include "cpu_kernels.h"
 #include "gconv_ext/register.h"
 #include "gconv_ext/spatial_pool.h"
 
 namespace gconv_ext {
 namespace {
-
-// Tap indices in an integer type as wide as the accumulator, so the selects vectorise with the values.
-template <typename acc_t>
-using tap_t = std::conditional_t<sizeof(acc_t) == 8, int64_t, int32_t>;
-
-struct Flat {
-  int64_t rows, cols;  // the tile: (OH - 1) s_h + k_h rows, C = (OW - 1) s_w + k_w rounded up to a multiple of s_w
-  int64_t pitch;       // P = s_h C / s_w: flat index f = oy * P + ox, window f starts at tile element f * s_w
-  int64_t count;       // (OH - 1) P + OW flat outputs
-  int64_t size() const { return rows * cols; }
-};
 
 Flat flat_of(const Pool2dGeom& g) {
   Flat f;
@@ -69,59 +58,12 @@ std::vector<idx_t> first_taps(const Pool2dGeom& g, const Flat& t) {
   return first;
 }
 
-// Max (and, with kArg, argmax tap) of every window of the tile. `arg` starts as first_taps.
-template <bool kArg, typename acc_t>
-void max_flat(const acc_t* __restrict__ tile, const Pool2dGeom& g, const Flat& t, acc_t* __restrict__ best,
-              tap_t<acc_t>* __restrict__ arg) {
-  using idx_t = tap_t<acc_t>;
-  const int64_t n = t.count, sw = g.sw;
-  std::fill(best, best + n, pool_neg_inf<acc_t>());
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const acc_t* __restrict__ src = tile + i * t.cols + j;
-      const idx_t tap = static_cast<idx_t>(i * g.kw + j);
-      if (sw == 1) {
-        for (int64_t f = 0; f < n; ++f) {
-          const acc_t v = src[f];
-          const bool take = max_pool_takes(v, best[f]);
-          best[f] = take ? v : best[f];
-          if constexpr (kArg) arg[f] = take ? tap : arg[f];
-        }
-      } else {
-        for (int64_t f = 0; f < n; ++f) {
-          const acc_t v = src[f * sw];
-          const bool take = max_pool_takes(v, best[f]);
-          best[f] = take ? v : best[f];
-          if constexpr (kArg) arg[f] = take ? tap : arg[f];
-        }
-      }
-    }
-  }
-}
-
-// Sum of the taps of every window of the tile, in scan order.
-template <typename acc_t>
-void sum_flat(const acc_t* __restrict__ tile, const Pool2dGeom& g, const Flat& t, acc_t* __restrict__ acc) {
-  const int64_t n = t.count, sw = g.sw;
-  std::fill(acc, acc + n, acc_t(0));
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const acc_t* __restrict__ src = tile + i * t.cols + j;
-      if (sw == 1) {
-        for (int64_t f = 0; f < n; ++f) acc[f] = acc[f] + src[f];
-      } else {
-        for (int64_t f = 0; f < n; ++f) acc[f] = acc[f] + src[f * sw];
-      }
-    }
-  }
-}
-
 int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_size)); }
 
 template <typename scalar_t>
 void forward_impl(const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom& g, bool max) {
   using acc_t = at::opmath_type<scalar_t>;
-  using idx_t = tap_t<acc_t>;
+  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const Flat t = flat_of(g);
   at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(t.size(), max ? pool_neg_inf<acc_t>() : acc_t(0)), res(t.count);
@@ -129,9 +71,9 @@ void forward_impl(const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom
     for (int64_t p = begin; p < end; ++p) {
       load_tile(in + p * g.h * g.w, g, t, tile.data());
       if (max) {
-        max_flat<false>(tile.data(), g, t, res.data(), static_cast<idx_t*>(nullptr));  // the value needs no argmax
+        run.pool_max(tile.data(), g, t, res.data(), nullptr);  // the value needs no argmax
       } else {
-        sum_flat(tile.data(), g, t, res.data());
+        run.pool_sum(tile.data(), g, t, res.data());
       }
       scalar_t* __restrict__ dst = out + p * g.oh * g.ow;
       for (int64_t oy = 0; oy < g.oh; ++oy, dst += g.ow) {
@@ -150,6 +92,7 @@ template <typename scalar_t>
 void gather_impl(const scalar_t* values, const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   using idx_t = tap_t<acc_t>;
+  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const Flat t = flat_of(g);
   at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(t.size(), pool_neg_inf<acc_t>()), best(t.count);
@@ -158,7 +101,7 @@ void gather_impl(const scalar_t* values, const scalar_t* in, scalar_t* out, int6
     for (int64_t p = begin; p < end; ++p) {
       load_tile(in + p * g.h * g.w, g, t, tile.data());
       std::memcpy(arg.data(), first.data(), t.count * sizeof(idx_t));
-      max_flat<true>(tile.data(), g, t, best.data(), arg.data());
+      run.pool_max(tile.data(), g, t, best.data(), arg.data());
       const scalar_t* vals = values + p * g.h * g.w;
       scalar_t* dst = out + p * g.oh * g.ow;
       for (int64_t oy = 0; oy < g.oh; ++oy, dst += g.ow) {
@@ -175,6 +118,7 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_
                    bool max) {
   using acc_t = at::opmath_type<scalar_t>;
   using idx_t = tap_t<acc_t>;
+  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const Flat t = flat_of(g);
   at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(max ? t.size() : 0, pool_neg_inf<acc_t>()), grad(t.size()), best(t.count),
@@ -182,12 +126,12 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_
     const std::vector<idx_t> first = max ? first_taps<idx_t>(g, t) : std::vector<idx_t>();
     std::vector<idx_t> arg(first);
     const acc_t area = static_cast<acc_t>(g.kh * g.kw);
-    const int64_t sw = g.sw, count = t.count;
+    const int64_t count = t.count;
     for (int64_t p = begin; p < end; ++p) {
       if (max) {
         load_tile(in + p * g.h * g.w, g, t, tile.data());
         std::memcpy(arg.data(), first.data(), count * sizeof(idx_t));
-        max_flat<true>(tile.data(), g, t, best.data(), arg.data());
+        run.pool_max(tile.data(), g, t, best.data(), arg.data());
       }
       const scalar_t* __restrict__ go = grad_out + p * g.oh * g.ow;
       for (int64_t oy = 0; oy < g.oh; ++oy, go += g.ow) {
@@ -199,29 +143,7 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_
         }
       }
       std::fill(grad.begin(), grad.end(), acc_t(0));
-      const acc_t* __restrict__ tm = term.data();
-      const idx_t* __restrict__ am = arg.data();
-      for (int64_t i = g.kh - 1; i >= 0; --i) {
-        for (int64_t j = g.kw - 1; j >= 0; --j) {
-          acc_t* __restrict__ dst = grad.data() + i * t.cols + j;
-          const idx_t tap = static_cast<idx_t>(i * g.kw + j);
-          if (max && sw == 1) {
-            for (int64_t f = 0; f < count; ++f) {
-              const acc_t v = tm[f];  // loaded unconditionally, so the select is branch-free
-              dst[f] = dst[f] + (am[f] == tap ? v : acc_t(0));
-            }
-          } else if (max) {
-            for (int64_t f = 0; f < count; ++f) {
-              const acc_t v = tm[f];
-              dst[f * sw] = dst[f * sw] + (am[f] == tap ? v : acc_t(0));
-            }
-          } else if (sw == 1) {
-            for (int64_t f = 0; f < count; ++f) dst[f] = dst[f] + tm[f];
-          } else {
-            for (int64_t f = 0; f < count; ++f) dst[f * sw] = dst[f * sw] + tm[f];
-          }
-        }
-      }
+      run.pool_scatter(term.data(), max ? arg.data() : nullptr, g, t, grad.data());
       // grad_in = the tile's interior; rows / columns that no window reaches get 0.
       scalar_t* __restrict__ out = grad_in + p * g.h * g.w;
       const int64_t cols = std::min(g.w, t.cols - g.pw);

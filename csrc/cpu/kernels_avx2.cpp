@@ -1,0 +1,12 @@
+// The AVX2 build of the CPU loops (cpu_kernels.inc), used on CPUs that have AVX2 (cpu_capability.cpp).
+// -ffp-contract=off keeps every a*b+c two roundings (no FMA), so the wider registers change speed only.
+#include "cpu_kernels.h"
+
+#if GCONV_EXT_CPU_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define GCONV_EXT_CPU_CAPABILITY avx2
+#define GCONV_EXT_CPU_TABLE kCpuKernelsAvx2
+#include "cpu_kernels.inc"
+#pragma GCC pop_options
+#endif
