@@ -10,6 +10,9 @@ Full training steps (forward, cross-entropy, backward, AdamW step):
                affine_grid + grid_sample on every forward, spatial max pool in a Python loop over group slices
 * floor:       the same network with the expanded filters as plain parameters (no transform at all):
                convolutions, normalisation and pooling (torch's own max_pool2d)
+* compiled:    (``--compile``) ours with the model under ``torch.compile`` (the optimiser step eager)
+* channels_last: (``--channels-last``) ours after ``model.to(memory_format=torch.channels_last)``, the input
+               images channels_last too
 
 The model's convolutions alone (forward + backward with a fixed output gradient, weight gradients only,
 no norm, ReLU, pooling, head, loss or optimiser; each 2x2/1 pool replaced by a free crop so every conv sees
@@ -31,6 +34,7 @@ never below 3). Commands:
     python benchmarks/bench_gcnn_train.py --rounds 3 --budget 10           # a quick check
     python benchmarks/bench_gcnn_train.py --preset C8/4/32 --batch 32 --rounds 11 --budget 300
     python benchmarks/bench_gcnn_train.py --no-study --no-floor            # only ours vs its convolutions
+    python benchmarks/bench_gcnn_train.py --compile                        # also ours under torch.compile
 """
 from __future__ import annotations
 
@@ -170,6 +174,10 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=90.0, help="seconds for the rounds before they stop early")
     p.add_argument("--no-study", action="store_true", help="skip the study-style network")
     p.add_argument("--no-floor", action="store_true", help="skip the precomputed-filter network")
+    p.add_argument("--channels-last", action="store_true",
+                   help="add ours with the model and input in channels_last (model.to(memory_format=...))")
+    p.add_argument("--compile", action="store_true",
+                   help="add ours under torch.compile (a copy of the model; compiling takes a minute or two)")
     add_interleave_flags(p, rounds=15, warmup=2)
     args = p.parse_args()
     model = gcnn_preset(args.preset)
@@ -190,9 +198,15 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch,))
+    compiled = torch.compile(copy.deepcopy(model)) if args.compile else None
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last) if args.channels_last else None
     fns = {}
     for pr in PRECISIONS:
         fns[f"ours {pr}"] = model_step(model, x, y, pr)
+        if cl is not None:
+            fns[f"channels-last {pr}"] = model_step(cl, x.to(memory_format=torch.channels_last), y, pr)
+        if compiled is not None:
+            fns[f"compiled {pr}"] = model_step(compiled, x, y, pr)
         if not args.no_study:
             fns[f"study {pr}"] = model_step(study, x, y, pr)
         if not args.no_floor:
@@ -203,7 +217,8 @@ def main() -> None:
                     budget=args.budget)
     rounds = len(s["ours fp32"].per_round)
 
-    labels = {"ours": "ours (GCNN)", "study": "study-style (grid_sample, Python-loop pool)",
+    labels = {"ours": "ours (GCNN)", "channels-last": "ours, channels_last model and input",
+              "compiled": "ours under torch.compile", "study": "study-style (grid_sample, Python-loop pool)",
               "floor": "floor: network with precomputed filters",
               "convs-bare": "convolutions alone, bare conv2d, precomputed filters (fwd+bwd)",
               "convs-ops": "convolutions alone, our LiftingConv2d/GroupConv2d (fwd+bwd)"}
@@ -225,13 +240,15 @@ def main() -> None:
     print("\nFraction = time of the convolutions alone / time of our full training step "
           "(1 = the step costs only its convolutions; target >= 0.9 against the bare conv2d)")
     f_rows = []
-    for key in ("convs-bare", "convs-ops"):
-        row = [labels[key]]
-        for pr in PRECISIONS:
-            f = s[f"{key} {pr}"].ratio(s[f"ours {pr}"])
-            row += [f.fmt(3, ""), f"{f.min:.3f}-{f.max:.3f}"]
-        f_rows.append(row)
-    print_table(["baseline", "fp32 fraction (IQR)", "fp32 min-max", "bf16 fraction (IQR)", "bf16 min-max"], f_rows)
+    for step in ("ours", "compiled") if compiled is not None else ("ours",):
+        for key in ("convs-bare", "convs-ops"):
+            row = [labels[step], labels[key]]
+            for pr in PRECISIONS:
+                f = s[f"{key} {pr}"].ratio(s[f"{step} {pr}"])
+                row += [f.fmt(3, ""), f"{f.min:.3f}-{f.max:.3f}"]
+            f_rows.append(row)
+    print_table(["step", "baseline", "fp32 fraction (IQR)", "fp32 min-max", "bf16 fraction (IQR)", "bf16 min-max"],
+                f_rows)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 

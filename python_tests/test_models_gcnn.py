@@ -91,3 +91,41 @@ def test_bad_preset_and_input():
         gcnn_preset("C4-4-16")
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         GCNN(layers=1, channels=2)(torch.zeros(1, 28, 28))
+
+
+def test_channels_last_recipe():
+    """``model.to(memory_format=torch.channels_last)`` works on a GCNN (its group filters are 5-D, which torch
+    cannot make channels_last; they convert as their planar 4-D filter), gives the same outputs and gradients
+    with channels_last inputs, trains, and its checkpoints and the shipped weights load either way."""
+    import io  # noqa: PLC0415
+
+    from gconv_ext.models import weights as pre  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = gcnn_preset("C4/2/16").double()
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    conv = cl.features[3]
+    assert conv.weight.dim() == 5 and conv.weight.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    ref, out = model(x), cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)  # float64: only the summation order differs
+    ref.sum().backward()
+    out.sum().backward()
+    for (name, a), b in zip(model.named_parameters(), cl.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=name)
+    torch.optim.SGD(cl.parameters(), lr=0.1).step()  # in place on the channels_last filters
+    assert conv.weight.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)
+    # a checkpoint of the channels_last model loads into a default one, and back
+    buf = io.BytesIO()
+    torch.save(cl.state_dict(), buf)
+    buf.seek(0)
+    plain = gcnn_preset("C4/2/16").double()
+    plain.load_state_dict(torch.load(buf))
+    cl.eval()
+    plain.eval()
+    with torch.no_grad():  # the eval path (cached filter) too
+        torch.testing.assert_close(cl(x.to(memory_format=torch.channels_last)), plain(x), rtol=1e-9, atol=1e-12)
+    shipped = pre.pretrained("gcnn-c4-upright").to(memory_format=torch.channels_last)
+    fresh = gcnn_preset("C4/4/16").to(memory_format=torch.channels_last)
+    fresh.load_state_dict(shipped.state_dict())
+    assert fresh.features[3].weight.flatten(1, 2).is_contiguous(memory_format=torch.channels_last)

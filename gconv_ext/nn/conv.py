@@ -173,7 +173,21 @@ class _EquivariantConv(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self.clear_cache()
-        return super()._apply(fn, recurse)
+        if self._lifting:
+            return super()._apply(fn, recurse)
+        # A group filter [C_out, C_in, |G|, k, k] is 5-D, and `Module.to(memory_format=torch.channels_last)` asks
+        # every 4-D and 5-D tensor for channels_last, which torch defines for 4-D tensors only (it raises, as
+        # for a Conv3d). Convert the filter (and its grad) as the planar 4-D filter [C_out, C_in * |G|, k, k] it
+        # is, and view the result as 5-D again: the usual channels_last recipe then works on a whole GCNN, and a
+        # plain device / dtype conversion gives the same tensor as before. The stored layout (state_dict) is
+        # the parameter's own, so checkpoints load either way.
+        shape = self.weight.shape
+
+        def planar_fn(t):
+            if t.dim() == 5 and t.shape == shape:
+                return fn(t.flatten(1, 2)).unflatten(1, shape[1:3])
+            return fn(t)
+        return super()._apply(planar_fn, recurse)
 
     # -- forward ----------------------------------------------------------------------------------------
     def _subsampling_geometry(self):
