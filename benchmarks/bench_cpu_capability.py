@@ -40,15 +40,15 @@ def transform_case(kind: str, order: int, c: int, dtype: torch.dtype):
 
 def pool_case(mode: str, k: int, s: int, p: int, dtype: torch.dtype):
     x = torch.randn(64, 16, 4, 28, 28).to(dtype)
-    pool = ops.group_max_pool2d if mode == "max" else ops.group_avg_pool2d
-    go = pool(x, [k, k], [s, s], [p, p]).clone()
+    args = ([k, k], [s, s], [p, p])
 
-    def run():
-        pool(x, [k, k], [s, s], [p, p])
+    def run():  # a training step's calls: the max forward stores its argmax taps, the backward reads them
         if mode == "max":
-            ops.group_max_pool2d_backward(go, x, [k, k], [s, s], [p, p])
+            out, idx = ops.group_max_pool2d_with_indices(x, *args)
+            ops.group_max_pool2d_backward(out, idx, list(x.shape), *args)
         else:
-            ops.group_avg_pool2d_backward(go, list(x.shape), [k, k], [s, s], [p, p])
+            out = ops.group_avg_pool2d(x, *args)
+            ops.group_avg_pool2d_backward(out, list(x.shape), *args)
     return run
 
 

@@ -824,8 +824,14 @@ class Parity:
                                  exact_required=True)
                     go = self.rand(want.shape, dtype)
                     if kind == "max":
-                        w_b = ops.group_max_pool2d_backward(go, x, k, s, p)
-                        g_b = ops.group_max_pool2d_backward(self.to_dev(go), xd, k, s, p)
+                        want_o, want_i = ops.group_max_pool2d_with_indices(x, k, s, p)
+                        got_o, got_i = ops.group_max_pool2d_with_indices(xd, k, s, p)
+                        self.compare("group_max_pool2d_with_indices", "op", dtype, case, got_o, want_o,
+                                     exact_required=True)
+                        self.compare("group_max_pool2d_with_indices", "indices", dtype, case, got_i, want_i,
+                                     exact_required=True)
+                        w_b = ops.group_max_pool2d_backward(go, want_i, list(x.shape), k, s, p)
+                        g_b = ops.group_max_pool2d_backward(self.to_dev(go), got_i, list(x.shape), k, s, p)
                     else:
                         w_b = ops.group_avg_pool2d_backward(go, list(x.shape), k, s, p)
                         g_b = ops.group_avg_pool2d_backward(self.to_dev(go), list(x.shape), k, s, p)
@@ -844,9 +850,10 @@ class Parity:
                         self.compare(f"group_{kind}_pool2d_backward", "double backward d/dgrad_out", dtype, case,
                                      got2, want2, exact_required=True)
                 v = self.rand(x.shape, dtype)
+                want_i = ops.group_max_pool2d_with_indices(x, k, s, p)[1]
                 self.compare("group_max_pool2d_gather", "op", dtype, case,
-                             ops.group_max_pool2d_gather(self.to_dev(v), xd, k, s, p),
-                             ops.group_max_pool2d_gather(v, x, k, s, p), exact_required=True)
+                             ops.group_max_pool2d_gather(self.to_dev(v), self.to_dev(want_i), k, s, p),
+                             ops.group_max_pool2d_gather(v, want_i, k, s, p), exact_required=True)
 
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> None:
@@ -1363,9 +1370,10 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             y = ops.group_pool(inp, mode)
             ops.group_pool_backward(y, inp, mode)
     for k, s, p in (([2, 2], [1, 1], [0, 0]), ([3, 3], [2, 2], [1, 1]), ([3, 2], [1, 2], [1, 0])):
-        y = ops.group_max_pool2d(x, k, s, p)
-        ops.group_max_pool2d_backward(y, x, k, s, p)
-        ops.group_max_pool2d_gather(rand(*x.shape, dtype=dtype), x, k, s, p)
+        ops.group_max_pool2d(x, k, s, p)
+        y, idx = ops.group_max_pool2d_with_indices(x, k, s, p)
+        ops.group_max_pool2d_backward(y, idx, list(x.shape), k, s, p)
+        ops.group_max_pool2d_gather(rand(*x.shape, dtype=dtype), idx, k, s, p)
         y = ops.group_avg_pool2d(x, k, s, p)
         ops.group_avg_pool2d_backward(y, list(x.shape), k, s, p)
 if dev == "cuda":

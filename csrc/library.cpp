@@ -30,13 +30,16 @@ TORCH_LIBRARY(gconv_ext, m) {
   m.def("group_max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
   m.def("group_avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
   m.def(
-      "group_max_pool2d_backward(Tensor grad_out, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
-      "-> Tensor");
+      "group_max_pool2d_with_indices(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "group_max_pool2d_backward(Tensor grad_out, Tensor indices, SymInt[] input_size, int[2] kernel_size, "
+      "int[2] stride, int[2] padding) -> Tensor");
   m.def(
       "group_avg_pool2d_backward(Tensor grad_out, SymInt[] input_size, int[2] kernel_size, int[2] stride, "
       "int[2] padding) -> Tensor");
   m.def(
-      "group_max_pool2d_gather(Tensor values, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "group_max_pool2d_gather(Tensor values, Tensor indices, int[2] kernel_size, int[2] stride, int[2] padding) "
       "-> Tensor");
 }
 

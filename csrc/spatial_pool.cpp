@@ -55,32 +55,35 @@ std::vector<int64_t> output_sizes(at::IntArrayRef input_sizes, const Pool2dGeom&
   return sizes;
 }
 
-void check_grad_out(const at::Tensor& grad_out, at::IntArrayRef input_sizes, const Pool2dGeom& g,
-                    at::ScalarType dtype, at::Device device) {
+void check_grad_out(const at::Tensor& grad_out, at::IntArrayRef input_sizes, const Pool2dGeom& g) {
   const std::vector<int64_t> expected = output_sizes(input_sizes, g);
   TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef(expected), "gconv_ext: grad_out must have the output shape ",
                     at::IntArrayRef(expected), ", got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == dtype, "gconv_ext: grad_out must have the dtype of input (",
-                   dtype_name(dtype), "), got ", dtype_name(grad_out.scalar_type()));
-  TORCH_CHECK(grad_out.device() == device, "gconv_ext: grad_out and input must be on the same device, got ",
-              grad_out.device(), " and ", device);
 }
 
-at::Tensor pool_backward(const SpatialPoolLaunchers& run, const at::Tensor& grad_out, const at::Tensor& input,
-                         at::IntArrayRef input_sizes, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                         at::IntArrayRef padding, bool max) {
+// The dtype of the stored argmax taps: uint8 for windows of at most 256 taps, int32 beyond.
+at::ScalarType index_dtype(const Pool2dGeom& g) { return g.kh * g.kw <= kMaxTapsU8 ? at::kByte : at::kInt; }
+
+void check_indices(const at::Tensor& indices, at::IntArrayRef expected, const Pool2dGeom& g, at::Device device) {
+  TORCH_CHECK_VALUE(indices.sizes() == expected, "gconv_ext: indices must have the output shape ", expected,
+                    ", got ", indices.sizes());
+  const at::ScalarType want = index_dtype(g);
+  TORCH_CHECK_TYPE(indices.scalar_type() == want, "gconv_ext: indices must be the ", dtype_name(want),
+                   " argmax taps of group_max_pool2d_with_indices for a ", g.kh, "x", g.kw, " window, got ",
+                   dtype_name(indices.scalar_type()));
+  TORCH_CHECK(indices.device() == device, "gconv_ext: indices must be on the same device as the other tensors (",
+              device, "), got ", indices.device());
+}
+
+// The geometry of a backward's input_size (4 or 5 sizes), with grad_out checked against its output shape.
+Pool2dGeom backward_geometry(const at::Tensor& grad_out, at::IntArrayRef input_sizes, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding) {
   check_map(grad_out, "grad_out");
   TORCH_CHECK_VALUE(input_sizes.size() == 4 || input_sizes.size() == 5,
                     "gconv_ext: input_size must have 4 or 5 elements, got ", input_sizes);
   const Pool2dGeom g = geometry(input_sizes[input_sizes.size() - 2], input_sizes.back(), kernel_size, stride, padding);
-  check_grad_out(grad_out, input_sizes, g, max ? input.scalar_type() : grad_out.scalar_type(),
-                 max ? input.device() : grad_out.device());
-  const at::Tensor go = grad_out.contiguous();
-  const at::Tensor in = max ? input.contiguous() : at::Tensor();
-  at::Tensor grad_in = at::empty(input_sizes, go.options());
-  if (grad_in.numel() == 0) return grad_in;
-  run.backward(go, in, grad_in, g, max);
-  return grad_in;
+  check_grad_out(grad_out, input_sizes, g);
+  return g;
 }
 
 }  // namespace
@@ -92,37 +95,61 @@ at::Tensor spatial_pool_host(const SpatialPoolLaunchers& run, const at::Tensor& 
   const at::Tensor in = input.contiguous();
   at::Tensor out = at::empty(output_sizes(input.sizes(), g), in.options());
   if (out.numel() == 0) return out;
-  run.forward(in, out, g, max);
+  run.forward(in, out, at::Tensor(), g, max);
   return out;
 }
 
-at::Tensor group_max_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
-                                          const at::Tensor& input, at::IntArrayRef kernel_size,
-                                          at::IntArrayRef stride, at::IntArrayRef padding) {
+std::tuple<at::Tensor, at::Tensor> group_max_pool2d_with_indices_host(const SpatialPoolLaunchers& run,
+                                                                      const at::Tensor& input,
+                                                                      at::IntArrayRef kernel_size,
+                                                                      at::IntArrayRef stride, at::IntArrayRef padding) {
   check_map(input, "input");
-  return pool_backward(run, grad_out, input, input.sizes(), kernel_size, stride, padding, true);
+  const Pool2dGeom g = geometry_of(input, kernel_size, stride, padding);
+  const at::Tensor in = input.contiguous();
+  const std::vector<int64_t> sizes = output_sizes(input.sizes(), g);
+  at::Tensor out = at::empty(sizes, in.options());
+  at::Tensor indices = at::empty(sizes, in.options().dtype(index_dtype(g)));
+  if (out.numel() > 0) run.forward(in, out, indices, g, /*max=*/true);
+  return {out, indices};
+}
+
+at::Tensor group_max_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
+                                          const at::Tensor& indices, c10::SymIntArrayRef input_size,
+                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                          at::IntArrayRef padding) {
+  const at::IntArrayRef input_sizes = C10_AS_INTARRAYREF_SLOW(input_size);
+  const Pool2dGeom g = backward_geometry(grad_out, input_sizes, kernel_size, stride, padding);
+  check_indices(indices, grad_out.sizes(), g, grad_out.device());
+  const at::Tensor go = grad_out.contiguous(), idx = indices.contiguous();
+  at::Tensor grad_in = at::empty(input_sizes, go.options());
+  if (grad_in.numel() == 0) return grad_in;
+  run.backward(go, idx, grad_in, g, /*max=*/true);
+  return grad_in;
 }
 
 at::Tensor group_avg_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
                                           c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                           at::IntArrayRef stride, at::IntArrayRef padding) {
-  return pool_backward(run, grad_out, at::Tensor(), C10_AS_INTARRAYREF_SLOW(input_size), kernel_size, stride,
-                       padding, false);
+  const at::IntArrayRef input_sizes = C10_AS_INTARRAYREF_SLOW(input_size);
+  const Pool2dGeom g = backward_geometry(grad_out, input_sizes, kernel_size, stride, padding);
+  const at::Tensor go = grad_out.contiguous();
+  at::Tensor grad_in = at::empty(input_sizes, go.options());
+  if (grad_in.numel() == 0) return grad_in;
+  run.backward(go, at::Tensor(), grad_in, g, /*max=*/false);
+  return grad_in;
 }
 
 at::Tensor group_max_pool2d_gather_host(const SpatialPoolLaunchers& run, const at::Tensor& values,
-                                        const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        const at::Tensor& indices, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding) {
-  check_map(input, "input");
   check_map(values, "values");
-  TORCH_CHECK_VALUE(values.sizes() == input.sizes(), "gconv_ext: values must have the shape of input ",
-                    input.sizes(), ", got ", values.sizes());
-  check_like(values, "values", input, "input");
-  const Pool2dGeom g = geometry_of(input, kernel_size, stride, padding);
-  const at::Tensor in = input.contiguous(), vals = values.contiguous();
-  at::Tensor out = at::empty(output_sizes(input.sizes(), g), in.options());
+  const Pool2dGeom g = geometry_of(values, kernel_size, stride, padding);
+  const std::vector<int64_t> sizes = output_sizes(values.sizes(), g);
+  check_indices(indices, sizes, g, values.device());
+  const at::Tensor vals = values.contiguous(), idx = indices.contiguous();
+  at::Tensor out = at::empty(sizes, vals.options());
   if (out.numel() == 0) return out;
-  run.gather(vals, in, out, g);
+  run.gather(vals, idx, out, g);
   return out;
 }
 

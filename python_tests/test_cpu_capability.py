@@ -95,12 +95,13 @@ def _run_all():
     for name, t, rotations, reflections, disk in _transform_cases():
         out.append(getattr(ops, name)(t, rotations, reflections, disk))
     for k, s, p, x in _pool_cases():
-        for pool, back in ((ops.group_max_pool2d, ops.group_max_pool2d_backward),
-                           (ops.group_avg_pool2d, ops.group_avg_pool2d_backward)):
-            y = pool(x, k, s, p)
-            go = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(x.dtype)
-            out += [y, back(go, x if back is ops.group_max_pool2d_backward else list(x.shape), k, s, p)]
-        out.append(ops.group_max_pool2d_gather(x * 3, x, k, s, p))
+        y, idx = ops.group_max_pool2d_with_indices(x, k, s, p)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(x.dtype)
+        out += [y, idx, ops.group_max_pool2d(x, k, s, p),
+                ops.group_max_pool2d_backward(go, idx, list(x.shape), k, s, p),
+                ops.group_max_pool2d_gather(x * 3, idx, k, s, p)]
+        y = ops.group_avg_pool2d(x, k, s, p)
+        out += [y, ops.group_avg_pool2d_backward(go, list(x.shape), k, s, p)]
     return out
 
 

@@ -74,16 +74,18 @@ def _samples(device: str) -> dict[str, list[tuple]]:
     # overlapping windows (stride < kernel) and padding: several windows add into one input gradient
     pools = [([2, 2], [2, 2], [0, 0]), ([3, 3], [2, 2], [1, 1])]
     samples["group_max_pool2d"] = [(x, *p) for p in pools]
+    samples["group_max_pool2d_with_indices"] = [(x, *p) for p in pools]
     samples["group_avg_pool2d"] = [(x, *p) for p in pools]
     samples["group_max_pool2d_backward"] = []
     samples["group_avg_pool2d_backward"] = []
     samples["group_max_pool2d_gather"] = []
     for k, s, p in pools:
         with torch.no_grad():
-            size = ops.group_max_pool2d(x, k, s, p).shape
-        samples["group_max_pool2d_backward"].append((t(*size), x, k, s, p))
+            _, indices = ops.group_max_pool2d_with_indices(x, k, s, p)
+        size = indices.shape
+        samples["group_max_pool2d_backward"].append((t(*size), indices, list(x.shape), k, s, p))
         samples["group_avg_pool2d_backward"].append((t(*size), list(x.shape), k, s, p))
-        samples["group_max_pool2d_gather"].append((t(*x.shape), x, k, s, p))
+        samples["group_max_pool2d_gather"].append((t(*x.shape), indices, k, s, p))
     return samples
 
 
@@ -121,6 +123,7 @@ def test_every_op_is_deterministic_forward_and_backward(device):
                 first_out, first_grads = _run(op, args)  # raises if the op (or its backward) is nondeterministic
                 again_out, again_grads = _run(op, args)
                 for a, b in zip(first_out + first_grads, again_out + again_grads, strict=True):
-                    assert a.dtype == torch.float32 and a.device.type == device
+                    # float32 values; the max pool's stored argmax taps are uint8
+                    assert a.dtype in (torch.float32, torch.uint8) and a.device.type == device
                     assert torch.equal(a, b), f"{name} case {i}: two runs differ by {(a - b).abs().max():.3g}"
     assert not torch.are_deterministic_algorithms_enabled()  # restored

@@ -100,10 +100,11 @@ def test_huge_pool_kernels_and_strides_are_errors_or_right():
                                         torch.ones(1, 1, 4, 3, 3), 4, False, False, [1, 1], [0, 0], [1, 1],
                                         [True, True, True]),
     lambda m: ops.group_pool_backward(torch.ones(1, 1, 3, 3, device=m), torch.ones(1, 1, 4, 3, 3), "max"),
-    lambda m: ops.group_max_pool2d_backward(torch.ones(1, 1, 2, 2, device=m), torch.ones(1, 1, 4, 4), [2, 2],
+    lambda m: ops.group_max_pool2d_backward(torch.ones(1, 1, 2, 2, device=m),
+                                            torch.zeros(1, 1, 2, 2, dtype=torch.uint8), [1, 1, 4, 4], [2, 2],
                                             [2, 2], [0, 0]),
-    lambda m: ops.group_max_pool2d_gather(torch.ones(1, 1, 4, 4, device=m), torch.ones(1, 1, 4, 4), [2, 2], [2, 2],
-                                          [0, 0]),
+    lambda m: ops.group_max_pool2d_gather(torch.ones(1, 1, 4, 4, device=m),
+                                          torch.zeros(1, 1, 2, 2, dtype=torch.uint8), [2, 2], [2, 2], [0, 0]),
 ])
 def test_mixed_meta_and_cpu_tensors_raise(call):
     # was: the fake kernel ran on the real CPU tensors and returned uninitialised memory

@@ -173,16 +173,103 @@ def test_backward_ops_are_adjoint_to_gather_and_avg():
     # <B go, v> and <go, A v> are the same products summed in two orders: 2 gamma_n sum |go| A|v|
     # (A >= 0), n = every product once plus the <= 9 window terms
     n = go.numel() * 9 + 10
-    lhs = (ops.group_max_pool2d_backward(go, x, k, s, p) * v).sum()
-    rhs = (go * ops.group_max_pool2d_gather(v, x, k, s, p)).sum()
-    magnitude = (go.abs() * ops.group_max_pool2d_gather(v.abs(), x, k, s, p)).sum()
+    out_i, idx = ops.group_max_pool2d_with_indices(x, k, s, p)
+    assert torch.equal(out_i, out) and idx.dtype == torch.uint8 and idx.shape == out.shape
+    lhs = (ops.group_max_pool2d_backward(go, idx, list(x.shape), k, s, p) * v).sum()
+    rhs = (go * ops.group_max_pool2d_gather(v, idx, k, s, p)).sum()
+    magnitude = (go.abs() * ops.group_max_pool2d_gather(v.abs(), idx, k, s, p)).sum()
     torch.testing.assert_close(lhs, rhs, atol=sum_atol(n, magnitude, F64), rtol=0)
     # exact: gathering x at its own argmax returns the maximum itself
-    torch.testing.assert_close(ops.group_max_pool2d_gather(x, x, k, s, p), out, atol=0, rtol=0)
+    torch.testing.assert_close(ops.group_max_pool2d_gather(x, idx, k, s, p), out, atol=0, rtol=0)
     lhs = (ops.group_avg_pool2d_backward(go, list(x.shape), k, s, p) * v).sum()
     rhs = (go * ops.group_avg_pool2d(v, k, s, p)).sum()
     magnitude = (go.abs() * ops.group_avg_pool2d(v.abs(), k, s, p)).sum()
     torch.testing.assert_close(lhs, rhs, atol=sum_atol(n, magnitude, F64), rtol=0)
+
+
+def _torch_taps(x, k, s, p):
+    """The argmax tap (i * k_w + j) of every window, from torch's max_pool2d (flat input indices)."""
+    k, s, p = (list(int_pair) for int_pair in ((k, k) if isinstance(k, int) else k, s, p))
+    planes = x.reshape(-1, 1, *x.shape[-2:])
+    _, flat = F.max_pool2d(planes, k, s, p, return_indices=True)
+    oy = torch.arange(flat.shape[-2]).view(-1, 1)
+    ox = torch.arange(flat.shape[-1]).view(1, -1)
+    iy, ix = flat // x.shape[-1], flat % x.shape[-1]
+    return ((iy - (oy * s[0] - p[0])) * k[1] + (ix - (ox * s[1] - p[1]))).reshape(*x.shape[:-2], *flat.shape[-2:])
+
+
+@pytest.mark.parametrize("k,s,p", [((2, 2), (1, 1), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0)),
+                                   ((17, 17), (1, 1), (8, 8))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_stored_taps_match_torch(k, s, p, dtype):
+    """The forward stores each window's argmax tap (the first maximum, as torch's CPU max_pool2d finds it, ties
+    and padding included): uint8 for windows up to 256 taps, int32 beyond (17x17 = 289)."""
+    x = torch.randn(2, 3, 4, 19, 18).to(dtype)
+    x[0, 0, 0, :6, :6] = 1.0  # ties
+    x[1, 1, 1] = float("-inf")  # nothing beats -inf: the first in-plane tap, never padding
+    out, idx = ops.group_max_pool2d_with_indices(x, list(k), list(s), list(p))
+    assert idx.dtype == (torch.uint8 if k[0] * k[1] <= 256 else torch.int32)
+    assert torch.equal(out, ops.group_max_pool2d(x, list(k), list(s), list(p)))
+    assert torch.equal(idx.long(), _torch_taps(x.double(), k, s, p))
+
+
+def test_training_forward_stores_the_taps_and_backward_reads_them():
+    """With autograd on, group_max_pool2d runs the _with_indices op once; the backward reads its taps (no
+    second search); without autograd it runs the value-only op."""
+    x = _no_ties((2, 3, 4, 6, 6)).requires_grad_()
+    with torch.profiler.profile() as prof:
+        group_max_pool2d(x, 2, 1).sum().backward()
+    names = [e.name for e in prof.events()]
+    assert names.count("gconv_ext::group_max_pool2d_with_indices") == 1, names
+    assert "gconv_ext::group_max_pool2d" not in names and "gconv_ext::group_max_pool2d_backward" in names
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        group_max_pool2d(x, 2, 1)
+    names = [e.name for e in prof.events()]
+    assert "gconv_ext::group_max_pool2d" in names and "gconv_ext::group_max_pool2d_with_indices" not in names
+
+
+def test_value_only_op_is_differentiable_too():
+    """The value-only op (what inference runs) keeps its autograd: its backward finds the taps once."""
+    x = _no_ties((2, 2, 3, 5, 6)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ops.group_max_pool2d(t, [3, 2], [1, 2], [1, 0]), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ops.group_max_pool2d(t, [3, 2], [1, 2], [1, 0]), (x,))
+
+
+def test_foreign_indices_are_safe():
+    """Indices not made by the forward (out-of-window or padding taps) route nothing and gather 0: never an
+    out-of-bounds read or write."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    k, s, p = [3, 3], [2, 2], [1, 1]
+    _, idx = ops.group_max_pool2d_with_indices(x, k, s, p)
+    bad = torch.full_like(idx, 255)  # no 3x3 window has tap 255
+    bad[0, 0, 0, 0] = 0  # tap 0 of window (0, 0) is the padding corner
+    assert torch.equal(ops.group_max_pool2d_gather(x, bad, k, s, p), torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+    go = torch.ones(1, 2, 3, 3, dtype=torch.float64)
+    assert torch.equal(ops.group_max_pool2d_backward(go, bad, list(x.shape), k, s, p), torch.zeros_like(x))
+    big = torch.randn(1, 1, 20, 20)
+    _, idx32 = ops.group_max_pool2d_with_indices(big, [17, 17], [1, 1], [0, 0])
+    assert idx32.dtype == torch.int32
+    for value in (-5, 289, 2**31 - 1):
+        bad32 = torch.full_like(idx32, value)
+        assert torch.equal(ops.group_max_pool2d_gather(big, bad32, [17, 17], [1, 1], [0, 0]),
+                           torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda x, i: ops.group_max_pool2d_backward(torch.ones(1, 2, 2, 2), i.int(), [1, 2, 4, 4], [2, 2], [2, 2],
+                                                [0, 0]), TypeError, "indices must be the torch.uint8 argmax taps"),
+    (lambda x, i: ops.group_max_pool2d_backward(torch.ones(1, 2, 2, 2), i[..., :1], [1, 2, 4, 4], [2, 2], [2, 2],
+                                                [0, 0]), ValueError, "indices must have the output shape"),
+    (lambda x, i: ops.group_max_pool2d_gather(x, i.float(), [2, 2], [2, 2], [0, 0]), TypeError, "indices must be"),
+    (lambda x, i: ops.group_max_pool2d_gather(x, i, [3, 3], [1, 1], [1, 1]), ValueError, "output shape"),
+    (lambda x, i: ops.group_max_pool2d_backward(torch.ones(1, 2, 3, 2), i, [1, 2, 4, 4], [2, 2], [2, 2], [0, 0]),
+     ValueError, "grad_out must have the output shape"),
+])
+def test_bad_indices(call, exc, match):
+    x = torch.randn(1, 2, 4, 4)
+    _, i = ops.group_max_pool2d_with_indices(x, [2, 2], [2, 2], [0, 0])
+    with pytest.raises(exc, match=match):
+        call(x, i)
 
 
 def test_channels_last_and_non_contiguous():
@@ -217,12 +304,14 @@ def _opcheck_samples():
             x = _no_ties(shape).requires_grad_(rg)
             out_shape = reference.group_max_pool2d(x, k, s, p).shape
             go = torch.randn(out_shape, dtype=torch.float64, requires_grad=rg)
+            idx = ops.group_max_pool2d_with_indices(x.detach(), k, s, p)[1]
             yield ops.group_max_pool2d.default, (x, k, s, p)
+            yield ops.group_max_pool2d_with_indices.default, (x, k, s, p)
             yield ops.group_avg_pool2d.default, (x, k, s, p)
-            yield ops.group_max_pool2d_backward.default, (go, x.detach(), k, s, p)
+            yield ops.group_max_pool2d_backward.default, (go, idx, list(shape), k, s, p)
             yield ops.group_avg_pool2d_backward.default, (go, list(shape), k, s, p)
             yield ops.group_max_pool2d_gather.default, (torch.randn(shape, dtype=torch.float64, requires_grad=rg),
-                                                        x.detach(), k, s, p)
+                                                        idx, k, s, p)
 
 
 @pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: f"{s[0]}-{len(s[1][0].shape)}d")
@@ -276,14 +365,19 @@ def test_modules_use_the_ops_and_keep_their_api():
     (lambda: ops.group_avg_pool2d(torch.zeros(1, 2, 1, 1), [3, 3], [1, 1], [0, 0]), ValueError, "too small"),
     (lambda: ops.group_max_pool2d(torch.zeros(1, 2, 0, 4), [1, 1], [1, 1], [0, 0]), ValueError, "non-empty"),
     (lambda: ops.group_max_pool2d(torch.zeros(2, 4, 4), [2, 2], [1, 1], [0, 0]), ValueError, "4-D"),
-    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 4, 4), [2, 2], [1, 1], [0, 0]),
-     ValueError, "grad_out"),
-    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 3, 3, dtype=torch.float64), torch.zeros(1, 2, 4, 4),
-                                           [2, 2], [1, 1], [0, 0]), TypeError, "dtype"),
+    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 3, 3, dtype=torch.uint8),
+                                           [1, 2, 4, 4], [2, 2], [1, 1], [0, 0]), ValueError, "grad_out"),
+    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.int64),
+                                           [1, 2, 4, 4], [2, 2], [1, 1], [0, 0]), TypeError, "torch.uint8"),
+    (lambda: ops.group_max_pool2d_backward(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8),
+                                           [2, 4, 4], [2, 2], [1, 1], [0, 0]), ValueError, "input_size"),
     (lambda: ops.group_avg_pool2d_backward(torch.zeros(1, 2, 2, 2), [1, 2, 4, 4], [2, 2], [1, 1], [0, 0]),
      ValueError, "grad_out"),
-    (lambda: ops.group_max_pool2d_gather(torch.zeros(1, 2, 4, 5), torch.zeros(1, 2, 4, 4), [2, 2], [1, 1], [0, 0]),
-     ValueError, "values"),
+    (lambda: ops.group_max_pool2d_gather(torch.zeros(1, 2, 4, 5), torch.zeros(1, 2, 3, 3, dtype=torch.uint8),
+                                         [2, 2], [1, 1], [0, 0]), ValueError, "indices must have the output shape"),
+    (lambda: ops.group_max_pool2d_gather(torch.zeros(2, 4, 5, dtype=torch.int32),
+                                         torch.zeros(1, 2, 3, 3, dtype=torch.uint8), [2, 2], [1, 1], [0, 0]),
+     ValueError, "values must be a 5-D"),
 ])
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):

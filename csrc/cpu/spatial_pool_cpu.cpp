@@ -9,10 +9,10 @@
 // backward terms are 0). The loops evaluate the sums of spatial_pool.h in the same order:
 //   forward: taps in scan order, per output; padding taps are -inf (never taken by max_pool_takes) or
 //            +0 (adding +0 to a sum that starts at +0 is exact);
-//   backward (a gather): tile element q receives the terms of the windows covering it in increasing
-//            (oy, ox) order, because the tap passes run i descending, then j descending (for a fixed q,
-//            i fixes oy = (row(q) - i) / s_h and j fixes ox); each pass writes distinct elements, and
-//            the scratch terms add an exact +0.
+//   backward (a gather, max routed by the stored argmax taps): tile element q receives the terms of the
+//            windows covering it in increasing (oy, ox) order, because the tap passes run i descending,
+//            then j descending (for a fixed q, i fixes oy = (row(q) - i) / s_h and j fixes ox); each pass
+//            writes distinct elements, and the scratch terms add an exact +0.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -60,18 +60,25 @@ std::vector<idx_t> first_taps(const Pool2dGeom& g, const Flat& t) {
 
 int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_size)); }
 
-template <typename scalar_t>
-void forward_impl(const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom& g, bool max) {
+// Forward; with `indices` (a max forward for autograd) also the argmax tap of every window.
+template <typename scalar_t, typename index_t>
+void forward_impl(const scalar_t* in, scalar_t* out, index_t* indices, int64_t n, const Pool2dGeom& g, bool max) {
   using acc_t = at::opmath_type<scalar_t>;
+  using idx_t = tap_t<acc_t>;
   const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const Flat t = flat_of(g);
   at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(t.size(), max ? pool_neg_inf<acc_t>() : acc_t(0)), res(t.count);
+    const std::vector<idx_t> first = indices != nullptr ? first_taps<idx_t>(g, t) : std::vector<idx_t>();
+    std::vector<idx_t> arg(first);
     const acc_t area = static_cast<acc_t>(g.kh * g.kw);
     for (int64_t p = begin; p < end; ++p) {
       load_tile(in + p * g.h * g.w, g, t, tile.data());
-      if (max) {
-        run.pool_max(tile.data(), g, t, res.data(), nullptr);  // the value needs no argmax
+      if (max && indices != nullptr) {
+        std::memcpy(arg.data(), first.data(), t.count * sizeof(idx_t));
+        run.pool_max(tile.data(), g, t, res.data(), arg.data());
+      } else if (max) {
+        run.pool_max(tile.data(), g, t, res.data(), nullptr);  // the value alone needs no argmax
       } else {
         run.pool_sum(tile.data(), g, t, res.data());
       }
@@ -84,60 +91,61 @@ void forward_impl(const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom
           for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = static_cast<scalar_t>(r[ox] / area);
         }
       }
-    }
-  });
-}
-
-template <typename scalar_t>
-void gather_impl(const scalar_t* values, const scalar_t* in, scalar_t* out, int64_t n, const Pool2dGeom& g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using idx_t = tap_t<acc_t>;
-  const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
-  const Flat t = flat_of(g);
-  at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tile(t.size(), pool_neg_inf<acc_t>()), best(t.count);
-    const std::vector<idx_t> first = first_taps<idx_t>(g, t);
-    std::vector<idx_t> arg(first);
-    for (int64_t p = begin; p < end; ++p) {
-      load_tile(in + p * g.h * g.w, g, t, tile.data());
-      std::memcpy(arg.data(), first.data(), t.count * sizeof(idx_t));
-      run.pool_max(tile.data(), g, t, best.data(), arg.data());
-      const scalar_t* vals = values + p * g.h * g.w;
-      scalar_t* dst = out + p * g.oh * g.ow;
-      for (int64_t oy = 0; oy < g.oh; ++oy, dst += g.ow) {
-        for (int64_t ox = 0; ox < g.ow; ++ox) {
-          dst[ox] = static_cast<scalar_t>(pool_tap_value<acc_t>(vals, g, oy, ox, arg[oy * t.pitch + ox]));
+      if (indices != nullptr) {
+        index_t* __restrict__ di = indices + p * g.oh * g.ow;
+        for (int64_t oy = 0; oy < g.oh; ++oy, di += g.ow) {
+          const idx_t* __restrict__ a = arg.data() + oy * t.pitch;
+          for (int64_t ox = 0; ox < g.ow; ++ox) di[ox] = static_cast<index_t>(a[ox]);
         }
       }
     }
   });
 }
 
-template <typename scalar_t>
-void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in, int64_t n, const Pool2dGeom& g,
-                   bool max) {
+template <typename scalar_t, typename index_t>
+void gather_impl(const scalar_t* values, const index_t* indices, scalar_t* out, int64_t n, const Pool2dGeom& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t per_plane = g.oh * g.ow;
+  at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* vals = values + p * g.h * g.w;
+      const index_t* idx = indices + p * per_plane;
+      scalar_t* dst = out + p * per_plane;
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          const int64_t o = oy * g.ow + ox;
+          dst[o] = static_cast<scalar_t>(pool_tap_value<acc_t>(vals, g, oy, ox, static_cast<int64_t>(idx[o])));
+        }
+      }
+    }
+  });
+}
+
+// Backward (a gather over the tile, see the top): max routes each window's term to its stored tap (`indices`),
+// avg (`indices` null) to every tap.
+template <typename scalar_t, typename index_t>
+void backward_impl(const scalar_t* grad_out, const index_t* indices, scalar_t* grad_in, int64_t n,
+                   const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   using idx_t = tap_t<acc_t>;
+  const bool max = indices != nullptr;
   const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const Flat t = flat_of(g);
   at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tile(max ? t.size() : 0, pool_neg_inf<acc_t>()), grad(t.size()), best(t.count),
-        term(t.count, acc_t(0));  // scratch positions stay 0
-    const std::vector<idx_t> first = max ? first_taps<idx_t>(g, t) : std::vector<idx_t>();
-    std::vector<idx_t> arg(first);
+    std::vector<acc_t> grad(t.size()), term(t.count, acc_t(0));  // scratch positions stay 0
+    std::vector<idx_t> arg(max ? t.count : 0, idx_t(0));
     const acc_t area = static_cast<acc_t>(g.kh * g.kw);
-    const int64_t count = t.count;
     for (int64_t p = begin; p < end; ++p) {
-      if (max) {
-        load_tile(in + p * g.h * g.w, g, t, tile.data());
-        std::memcpy(arg.data(), first.data(), count * sizeof(idx_t));
-        run.pool_max(tile.data(), g, t, best.data(), arg.data());
-      }
       const scalar_t* __restrict__ go = grad_out + p * g.oh * g.ow;
+      const index_t* __restrict__ ix = max ? indices + p * g.oh * g.ow : nullptr;
       for (int64_t oy = 0; oy < g.oh; ++oy, go += g.ow) {
         acc_t* __restrict__ tr = term.data() + oy * t.pitch;
         if (max) {
-          for (int64_t ox = 0; ox < g.ow; ++ox) tr[ox] = static_cast<acc_t>(go[ox]);
+          idx_t* __restrict__ a = arg.data() + oy * t.pitch;
+          for (int64_t ox = 0; ox < g.ow; ++ox) {
+            tr[ox] = static_cast<acc_t>(go[ox]);
+            a[ox] = static_cast<idx_t>(ix[oy * g.ow + ox]);
+          }
         } else {
           for (int64_t ox = 0; ox < g.ow; ++ox) tr[ox] = static_cast<acc_t>(go[ox]) / area;
         }
@@ -161,27 +169,54 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_
   });
 }
 
+// Calls f(index_t{}) with the stored taps' type (uint8 or int32; uint8 stands in when there are none).
+template <typename F>
+void with_index_type(const at::Tensor& indices, const F& f) {
+  if (indices.defined() && indices.scalar_type() == at::kInt) {
+    f(int32_t{});
+  } else {
+    f(uint8_t{});
+  }
+}
 
-void spatial_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_cpu", [&] {
-    forward_impl<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), out.numel() / (g.oh * g.ow),
-                           g, max);
+template <typename index_t>
+index_t* index_ptr(const at::Tensor& indices) {
+  return indices.defined() ? static_cast<index_t*>(indices.data_ptr()) : nullptr;
+}
+
+void spatial_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, const at::Tensor& indices, const Pool2dGeom& g,
+                              bool max) {
+  with_index_type(indices, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_cpu", [&] {
+      forward_impl<scalar_t>(in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                             index_ptr<index_t>(indices), out.numel() / (g.oh * g.ow), g, max);
+    });
   });
 }
 
-void spatial_pool_gather_cpu(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "gconv_ext_spatial_pool_gather_cpu", [&] {
-    gather_impl<scalar_t>(values.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
-                          out.mutable_data_ptr<scalar_t>(), out.numel() / (g.oh * g.ow), g);
+void spatial_pool_gather_cpu(const at::Tensor& values, const at::Tensor& indices, at::Tensor& out,
+                             const Pool2dGeom& g) {
+  with_index_type(indices, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+                                    "gconv_ext_spatial_pool_gather_cpu", [&] {
+      gather_impl<scalar_t>(values.const_data_ptr<scalar_t>(), static_cast<const index_t*>(index_ptr<index_t>(indices)),
+                            out.mutable_data_ptr<scalar_t>(), out.numel() / (g.oh * g.ow), g);
+    });
   });
 }
 
-void spatial_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in,
+void spatial_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in,
                                const Pool2dGeom& g, bool max) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
-                                  "gconv_ext_spatial_pool_backward_cpu", [&] {
-    backward_impl<scalar_t>(grad_out.const_data_ptr<scalar_t>(), max ? in.const_data_ptr<scalar_t>() : nullptr,
-                            grad_in.mutable_data_ptr<scalar_t>(), grad_in.numel() / (g.h * g.w), g, max);
+  with_index_type(indices, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
+                                    "gconv_ext_spatial_pool_backward_cpu", [&] {
+      backward_impl<scalar_t>(grad_out.const_data_ptr<scalar_t>(),
+                              max ? static_cast<const index_t*>(index_ptr<index_t>(indices)) : nullptr,
+                              grad_in.mutable_data_ptr<scalar_t>(), grad_in.numel() / (g.h * g.w), g);
+    });
   });
 }
 

@@ -9,10 +9,13 @@ input when the size is exact (see :func:`gconv_ext.nn.check_exact`). Custom C++/
 gradient goes to the first maximal element of each window in row-major order (deterministic).
 
 The C++ ops ``torch.ops.gconv_ext.group_{max,avg}_pool2d(input, kernel_size, stride, padding)``, with
-``group_max_pool2d_backward(grad_out, input, ...)`` (argmax recomputed, no stored indices),
-``group_avg_pool2d_backward(grad_out, input_size, ...)`` and ``group_max_pool2d_gather(values, input, ...)``
-(``values`` at each window's argmax of ``input``: the adjoint of the max backward), get their fake kernels
-and autograd at the bottom of this file, so every derivative is again one of these ops.
+``group_max_pool2d_with_indices(input, ...) -> (out, indices)`` (``indices``: the argmax tap ``i * k_w + j`` of
+every window, uint8 for windows of at most 256 taps, int32 beyond: what a training forward stores, so the
+backward never searches a window again), ``group_max_pool2d_backward(grad_out, indices, input_size, ...)``,
+``group_avg_pool2d_backward(grad_out, input_size, ...)`` and ``group_max_pool2d_gather(values, indices, ...)``
+(``values`` at each window's stored tap: the adjoint of the max backward), get their fake kernels and autograd
+at the bottom of this file, so every derivative is again one of these ops. :func:`group_max_pool2d` calls the
+``_with_indices`` op when autograd will need the taps, the value-only op otherwise (inference).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
-from .._args import MAX_EXTENT, SUPPORTED_DTYPES, fake_floating, fake_pair, fake_same_device, int_pair
+from .._args import MAX_EXTENT, SUPPORTED_DTYPES, fake_floating, fake_pair, int_pair
 from . import reference
 
 __all__ = ["group_max_pool2d", "group_avg_pool2d"]
@@ -63,6 +66,8 @@ def _pool(name: str, x, kernel_size, stride, padding) -> torch.Tensor:
     if op is None:
         _check_pool_input(x, k, p)
         return getattr(reference, name)(x, k, s, p)
+    if name == "group_max_pool2d" and x.requires_grad and torch.is_grad_enabled():
+        return torch.ops.gconv_ext.group_max_pool2d_with_indices(x, k, s, p)[0]  # the backward reads the taps
     return op(x, k, s, p)
 
 
@@ -71,8 +76,9 @@ def group_max_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None
     """Spatial max pooling of every group slice: ``[B, C, |G|, H, W] -> [B, C, |G|, H', W']``.
 
     ``stride`` defaults to ``kernel_size``; ``padding`` (at most half the kernel) counts as -inf. NaNs
-    propagate. The gradient goes to the first maximal element of each window (row-major order), found
-    again in the backward (no stored indices); differentiable twice.
+    propagate. The gradient goes to the first maximal element of each window (row-major order), whose tap
+    the forward stores when autograd will need it (uint8 per output for windows up to 16x16); differentiable
+    twice.
     """
     return _pool("group_max_pool2d", x, kernel_size, stride, padding)
 
@@ -120,23 +126,42 @@ def _register() -> None:
         check_map(input, "input")
         return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
 
-    @torch.library.register_fake("gconv_ext::group_max_pool2d_gather")
-    def _(values, input, kernel_size, stride, padding):
-        fake_same_device(values=values, input=input)
+    def index_dtype(kernel_size):  # csrc/spatial_pool.cpp index_dtype()
+        return torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32
+
+    def check_indices(indices, expected, kernel_size, device):  # csrc/spatial_pool.cpp check_indices()
+        torch._check(list(indices.shape) == list(expected),
+                     lambda: f"gconv_ext: indices must have the output shape {list(expected)}, got "
+                             f"{list(indices.shape)}")
+        want = index_dtype(kernel_size)
+        if indices.dtype != want:
+            raise TypeError(f"gconv_ext: indices must be the {want} argmax taps of group_max_pool2d_with_indices "
+                            f"for a {kernel_size[0]}x{kernel_size[1]} window, got {indices.dtype}")
+        if indices.device != device:
+            raise RuntimeError(f"gconv_ext: indices must be on the same device as the other tensors ({device}), "
+                               f"got {indices.device}")
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_with_indices")
+    def _(input, kernel_size, stride, padding):
         check_map(input, "input")
-        torch._check(values.shape == input.shape, lambda: "gconv_ext: values must have the shape of input")
-        torch._check(values.dtype == input.dtype, lambda: "gconv_ext: values must have the dtype of input")
-        return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
+        shape = out_shape(input.shape, kernel_size, stride, padding)
+        return input.new_empty(shape), input.new_empty(shape, dtype=index_dtype(kernel_size))
+
+    @torch.library.register_fake("gconv_ext::group_max_pool2d_gather")
+    def _(values, indices, kernel_size, stride, padding):
+        check_map(values, "values")
+        shape = out_shape(values.shape, kernel_size, stride, padding)
+        check_indices(indices, shape, kernel_size, values.device)
+        return values.new_empty(shape)
 
     @torch.library.register_fake("gconv_ext::group_max_pool2d_backward")
-    def _(grad_out, input, kernel_size, stride, padding):
-        fake_same_device(grad_out=grad_out, input=input)
-        check_map(input, "input")
-        expected = out_shape(input.shape, kernel_size, stride, padding)
+    def _(grad_out, indices, input_size, kernel_size, stride, padding):
+        check_map(grad_out, "grad_out")
+        expected = out_shape(input_size, kernel_size, stride, padding)
         torch._check(list(grad_out.shape) == expected,
                      lambda: f"gconv_ext: grad_out must have the output shape {expected}, got {list(grad_out.shape)}")
-        torch._check(grad_out.dtype == input.dtype, lambda: "gconv_ext: grad_out must have the dtype of input")
-        return input.new_empty(input.shape)
+        check_indices(indices, expected, kernel_size, grad_out.device)
+        return grad_out.new_empty(input_size)
 
     @torch.library.register_fake("gconv_ext::group_avg_pool2d_backward")
     def _(grad_out, input_size, kernel_size, stride, padding):
@@ -147,28 +172,45 @@ def _register() -> None:
         return grad_out.new_empty(input_size)
 
     # Autograd. The max backward and the gather are linear in grad_out / values and adjoint to each
-    # other; both depend on input only through the argmax (piecewise constant: zero derivative almost
-    # everywhere). The avg forward and backward are linear and adjoint to each other.
-    def setup_max(ctx, inputs, output):
+    # other; both depend on input only through the argmax taps (piecewise constant: zero derivative almost
+    # everywhere), which the forward stores. The avg forward and backward are linear and adjoint to each other.
+    def setup_max_indices(ctx, inputs, output):
+        input, *ctx.params = inputs
+        ctx.input_size = list(input.shape)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    def backward_max_indices(ctx, grad, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        return ops.group_max_pool2d_backward(grad, indices, ctx.input_size, *ctx.params), None, None, None
+
+    def setup_max(ctx, inputs, output):  # the value-only op (inference): its backward finds the taps once
         input, *ctx.params = inputs
         ctx.save_for_backward(input)
 
     def backward_max(ctx, grad):
         (input,) = ctx.saved_tensors
-        return ops.group_max_pool2d_backward(grad, input, *ctx.params), None, None, None
+        _, indices = ops.group_max_pool2d_with_indices(input.detach(), *ctx.params)
+        return ops.group_max_pool2d_backward(grad, indices, list(input.shape), *ctx.params), None, None, None
 
-    def setup_max_linear(ctx, inputs, output):  # max backward (grad_out, input, ..) and gather (values, input, ..)
-        _, input, *ctx.params = inputs
-        ctx.save_for_backward(input)
+    def setup_max_backward(ctx, inputs, output):  # (grad_out, indices, input_size, k, s, p)
+        _, indices, _, *ctx.params = inputs
+        ctx.save_for_backward(indices)
 
     def backward_max_backward(ctx, gg):
-        (input,) = ctx.saved_tensors
-        g = ops.group_max_pool2d_gather(gg, input, *ctx.params) if ctx.needs_input_grad[0] else None
-        return g, None, None, None, None
+        (indices,) = ctx.saved_tensors
+        g = ops.group_max_pool2d_gather(gg, indices, *ctx.params) if ctx.needs_input_grad[0] else None
+        return g, None, None, None, None, None
+
+    def setup_gather(ctx, inputs, output):  # (values, indices, k, s, p)
+        values, indices, *ctx.params = inputs
+        ctx.input_size = list(values.shape)
+        ctx.save_for_backward(indices)
 
     def backward_gather(ctx, grad):
-        (input,) = ctx.saved_tensors
-        g = ops.group_max_pool2d_backward(grad, input, *ctx.params) if ctx.needs_input_grad[0] else None
+        (indices,) = ctx.saved_tensors
+        g = (ops.group_max_pool2d_backward(grad, indices, ctx.input_size, *ctx.params)
+             if ctx.needs_input_grad[0] else None)
         return g, None, None, None, None
 
     def setup_avg(ctx, inputs, output):
@@ -184,11 +226,13 @@ def _register() -> None:
     def backward_avg_backward(ctx, gg):
         return ops.group_avg_pool2d(gg, *ctx.params), None, None, None, None
 
+    torch.library.register_autograd("gconv_ext::group_max_pool2d_with_indices", backward_max_indices,
+                                    setup_context=setup_max_indices)
     torch.library.register_autograd("gconv_ext::group_max_pool2d", backward_max, setup_context=setup_max)
     torch.library.register_autograd("gconv_ext::group_max_pool2d_backward", backward_max_backward,
-                                    setup_context=setup_max_linear)
+                                    setup_context=setup_max_backward)
     torch.library.register_autograd("gconv_ext::group_max_pool2d_gather", backward_gather,
-                                    setup_context=setup_max_linear)
+                                    setup_context=setup_gather)
     torch.library.register_autograd("gconv_ext::group_avg_pool2d", backward_avg, setup_context=setup_avg)
     torch.library.register_autograd("gconv_ext::group_avg_pool2d_backward", backward_avg_backward,
                                     setup_context=setup_avg_backward)

@@ -65,28 +65,34 @@ at::Tensor group_pool_backward_host(const GroupPoolLaunchers& run, const at::Ten
 
 // ---- spatial pooling that keeps the group axis (spatial_pool.cpp) ----------------------------------------
 // Every [H, W] plane of [B, C, |G|, H, W] (or [B, C, H, W]) pooled on its own. Max: padding is -inf, the
-// gradient goes to the first maximal element of each window (recomputed, not stored); avg: zero padding
-// counted. `gather` reads `values` at the argmax of each window of `input` (the adjoint of the max backward).
+// gradient goes to the first maximal element of each window, whose tap the forward stores (indices: uint8 for
+// windows of <= 256 taps, int32 beyond); avg: zero padding counted. `gather` reads `values` at the stored tap
+// of each window (the adjoint of the max backward).
 
-// `in`, `values`, `grad_out` contiguous [N.., H, W] / [N.., OH, OW] (`in` undefined for the avg backward),
-// outputs preallocated and non-empty.
+// `in`, `values`, `grad_out`, `indices` contiguous [N.., H, W] / [N.., OH, OW] (`indices` undefined where no
+// taps are stored or read: the value-only max forward and avg), outputs preallocated and non-empty.
 struct SpatialPoolLaunchers {
-  void (*forward)(const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g, bool max);
-  void (*gather)(const at::Tensor& values, const at::Tensor& in, at::Tensor& out, const Pool2dGeom& g);
-  void (*backward)(const at::Tensor& grad_out, const at::Tensor& in, at::Tensor& grad_in, const Pool2dGeom& g,
+  void (*forward)(const at::Tensor& in, at::Tensor& out, const at::Tensor& indices, const Pool2dGeom& g, bool max);
+  void (*gather)(const at::Tensor& values, const at::Tensor& indices, at::Tensor& out, const Pool2dGeom& g);
+  void (*backward)(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in, const Pool2dGeom& g,
                    bool max);
 };
 
 at::Tensor spatial_pool_host(const SpatialPoolLaunchers& run, const at::Tensor& input, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, bool max);
+std::tuple<at::Tensor, at::Tensor> group_max_pool2d_with_indices_host(const SpatialPoolLaunchers& run,
+                                                                      const at::Tensor& input,
+                                                                      at::IntArrayRef kernel_size,
+                                                                      at::IntArrayRef stride, at::IntArrayRef padding);
 at::Tensor group_max_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
-                                          const at::Tensor& input, at::IntArrayRef kernel_size,
-                                          at::IntArrayRef stride, at::IntArrayRef padding);
+                                          const at::Tensor& indices, c10::SymIntArrayRef input_size,
+                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                          at::IntArrayRef padding);
 at::Tensor group_avg_pool2d_backward_host(const SpatialPoolLaunchers& run, const at::Tensor& grad_out,
                                           c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
                                           at::IntArrayRef stride, at::IntArrayRef padding);
 at::Tensor group_max_pool2d_gather_host(const SpatialPoolLaunchers& run, const at::Tensor& values,
-                                        const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                        const at::Tensor& indices, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding);
 
 }  // namespace gconv_ext

@@ -44,19 +44,23 @@ void register_spatial_pool(torch::Library& m) {
                                 at::IntArrayRef padding) {
     return spatial_pool_host(R, input, kernel_size, stride, padding, /*max=*/false);
   });
-  m.impl("group_max_pool2d_backward", [](const at::Tensor& grad_out, const at::Tensor& input,
-                                         at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                         at::IntArrayRef padding) {
-    return group_max_pool2d_backward_host(R, grad_out, input, kernel_size, stride, padding);
+  m.impl("group_max_pool2d_with_indices", [](const at::Tensor& input, at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride, at::IntArrayRef padding) {
+    return group_max_pool2d_with_indices_host(R, input, kernel_size, stride, padding);
+  });
+  m.impl("group_max_pool2d_backward", [](const at::Tensor& grad_out, const at::Tensor& indices,
+                                         c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                                         at::IntArrayRef stride, at::IntArrayRef padding) {
+    return group_max_pool2d_backward_host(R, grad_out, indices, input_size, kernel_size, stride, padding);
   });
   m.impl("group_avg_pool2d_backward", [](const at::Tensor& grad_out, c10::SymIntArrayRef input_size,
                                          at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                          at::IntArrayRef padding) {
     return group_avg_pool2d_backward_host(R, grad_out, input_size, kernel_size, stride, padding);
   });
-  m.impl("group_max_pool2d_gather", [](const at::Tensor& values, const at::Tensor& input, at::IntArrayRef kernel_size,
-                                       at::IntArrayRef stride, at::IntArrayRef padding) {
-    return group_max_pool2d_gather_host(R, values, input, kernel_size, stride, padding);
+  m.impl("group_max_pool2d_gather", [](const at::Tensor& values, const at::Tensor& indices,
+                                       at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
+    return group_max_pool2d_gather_host(R, values, indices, kernel_size, stride, padding);
   });
 }
 

@@ -9,10 +9,15 @@
 //        than everything before it, or the first NaN (a NaN is maximal and propagates, as in torch);
 //        when nothing beats -inf it is the first in-plane tap (as in torch's max_pool2d).
 //   avg: padding counts as 0 and the divisor is always k_h * k_w (count_include_pad=True).
-// Backward, as a gather (deterministic, no atomics, no stored indices: the argmax is recomputed):
+// The max forward that autograd needs also stores each window's argmax tap (indices [N, OH, OW]: uint8
+// when a window has at most 256 taps, int32 otherwise), so the backward never searches a window again.
+// Backward, as a gather (deterministic, no atomics):
 //   grad_in[y, x] = sum over the windows covering (y, x), in increasing (oy, ox) order, of
-//                   max: (argmax(oy, ox) == tap of (y, x) ? grad_out[oy, ox] : 0)
+//                   max: (indices[oy, ox] == tap of (y, x) ? grad_out[oy, ox] : 0)
 //                   avg: grad_out[oy, ox] / (k_h * k_w)
+// and its adjoint, the max gather: out[oy, ox] = values[the input element at tap indices[oy, ox]]. A stored
+// tap that is not a tap of the window inside the plane (indices not made by the forward) routes nothing and
+// gathers 0: no out-of-bounds access whatever the indices hold.
 // The CPU loops evaluate exactly these sums in exactly this order (see spatial_pool_cpu.cpp), so CPU
 // and CUDA results agree bit for bit.
 #pragma once
@@ -71,11 +76,17 @@ C10_HOST_DEVICE inline acc_t max_pool_window(const scalar_t* __restrict__ plane,
   return best;
 }
 
-// Value of `values` (a plane shaped like the input) at tap `tap` of window (oy, ox).
+// Windows of at most this many taps store their argmax taps as uint8, larger ones as int32.
+constexpr int64_t kMaxTapsU8 = 256;
+
+// Value of `values` (a plane shaped like the input) at tap `tap` of window (oy, ox); 0 for a tap that is not
+// one of the window's in-plane taps (only foreign indices hold those).
 template <typename acc_t, typename scalar_t>
 C10_HOST_DEVICE inline acc_t pool_tap_value(const scalar_t* __restrict__ values, const Pool2dGeom& g, int64_t oy,
                                             int64_t ox, int64_t tap) {
+  if (tap < 0 || tap >= g.kh * g.kw) return acc_t(0);
   const int64_t y = oy * g.sh - g.ph + tap / g.kw, x = ox * g.sw - g.pw + tap % g.kw;
+  if (y < 0 || y >= g.h || x < 0 || x >= g.w) return acc_t(0);
   return static_cast<acc_t>(values[y * g.w + x]);
 }
 
@@ -107,10 +118,11 @@ C10_HOST_DEVICE inline void pool_covering(int64_t y, int64_t k, int64_t s, int64
   *hi = u < n_out ? u : n_out;
 }
 
-// grad_in at input (y, x) of one plane (max: routed by the argmax of `in`; avg: `in` unused).
-template <typename acc_t, typename scalar_t>
-C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ in,
-                                              const Pool2dGeom& g, int64_t y, int64_t x, bool max) {
+// grad_in at input (y, x) of one plane: max, routed by the stored argmax taps `indices` ([OH, OW] of the
+// plane); avg (`indices` null): an equal share of every covering window's gradient.
+template <typename acc_t, typename scalar_t, typename index_t>
+C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_out, const index_t* __restrict__ indices,
+                                              const Pool2dGeom& g, int64_t y, int64_t x) {
   int64_t oy0, oy1, ox0, ox1;
   pool_covering(y, g.kh, g.sh, g.ph, g.oh, &oy0, &oy1);
   pool_covering(x, g.kw, g.sw, g.pw, g.ow, &ox0, &ox1);
@@ -119,11 +131,9 @@ C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_
   for (int64_t oy = oy0; oy < oy1; ++oy) {
     for (int64_t ox = ox0; ox < ox1; ++ox) {
       const acc_t go = static_cast<acc_t>(grad_out[oy * g.ow + ox]);
-      if (max) {
-        int64_t arg;
-        max_pool_window<acc_t>(in, g, oy, ox, &arg);
+      if (indices != nullptr) {
         const int64_t tap = (y - oy * g.sh + g.ph) * g.kw + (x - ox * g.sw + g.pw);
-        acc = acc + (arg == tap ? go : acc_t(0));
+        acc = acc + (static_cast<int64_t>(indices[oy * g.ow + ox]) == tap ? go : acc_t(0));
       } else {
         acc = acc + go / area;
       }
