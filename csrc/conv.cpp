@@ -29,12 +29,20 @@ constexpr ConvKind kGroup{false, "[B, C_in, |G|, H, W]", "[C_out, C_in, |G|, k, 
 
 using TransformFn = at::Tensor(const at::Tensor&, int64_t, bool, bool);
 
-// The transform ops, called through the dispatcher (the backend's kernel, below autograd).
-at::Tensor call_transform(const char* name, const at::Tensor& t, int64_t rotations, bool reflections, bool disk_mask) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow(name, "")
-      .typed<TransformFn>()
-      .call(t, rotations, reflections, disk_mask);
+enum class Transform { kLift, kLiftBackward, kGroup, kGroupBackward };
+
+// The transform ops, called through the dispatcher (the backend's kernel, below autograd). Their handles are
+// looked up once (a schema lookup by name costs about a microsecond, on every call of a batch-1 step).
+at::Tensor call_transform(Transform which, const at::Tensor& t, int64_t rotations, bool reflections, bool disk_mask) {
+  static const std::array<c10::TypedOperatorHandle<TransformFn>, 4> handles = [] {
+    auto find = [](const char* name) {
+      return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<TransformFn>();
+    };
+    return std::array<c10::TypedOperatorHandle<TransformFn>, 4>{
+        find("gconv_ext::lift_filter"), find("gconv_ext::lift_filter_backward"), find("gconv_ext::group_filter"),
+        find("gconv_ext::group_filter_backward")};
+  }();
+  return handles[static_cast<int>(which)].call(t, rotations, reflections, disk_mask);
 }
 
 void check_conv(const ConvKind& kind, const at::Tensor& input, const at::Tensor& weight, int64_t rotations,
@@ -86,8 +94,8 @@ std::array<int64_t, 4> expanded_sizes(const ConvKind& kind, const at::Tensor& we
 // The expanded filter as a planar convolution weight.
 at::Tensor expand_filter(const ConvKind& kind, const at::Tensor& weight, int64_t rotations, bool reflections,
                          bool disk_mask) {
-  const at::Tensor w = call_transform(kind.lifting ? "gconv_ext::lift_filter" : "gconv_ext::group_filter", weight,
-                                      rotations, reflections, disk_mask);
+  const at::Tensor w = call_transform(kind.lifting ? Transform::kLift : Transform::kGroup, weight, rotations,
+                                      reflections, disk_mask);
   return w.view(expanded_sizes(kind, weight, group_order(rotations, reflections)));
 }
 
@@ -157,10 +165,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   if (grad_weight.defined()) {
     const int64_t c_in = weight.size(1), k = weight.size(-1);
     grad_weight = kind.lifting
-                      ? call_transform("gconv_ext::lift_filter_backward",
-                                       grad_weight.reshape({c_out, order, c_in, k, k}), rotations, reflections,
-                                       disk_mask)
-                      : call_transform("gconv_ext::group_filter_backward",
+                      ? call_transform(Transform::kLiftBackward, grad_weight.reshape({c_out, order, c_in, k, k}),
+                                       rotations, reflections, disk_mask)
+                      : call_transform(Transform::kGroupBackward,
                                        grad_weight.reshape({c_out, order, c_in, order, k, k}), rotations, reflections,
                                        disk_mask);
   }

@@ -72,11 +72,22 @@ class ConvFunction : public torch::autograd::Function<Node> {
     const auto stride = ctx->saved_data["stride"].toSymIntVector();
     const auto padding = ctx->saved_data["padding"].toSymIntVector();
     const auto dilation = ctx->saved_data["dilation"].toSymIntVector();
-    // Through the dispatcher with autograd: under create_graph the backward op's own (Python) autograd
-    // records the graph for the double backward.
-    std::tie(out[0], out[1], out[2]) = backward_op<kLifting>().call(
-        grads[0], saved[0], saved[1], ctx->saved_data["rotations"].toInt(), ctx->saved_data["reflections"].toBool(),
-        ctx->saved_data["disk_mask"].toBool(), stride, padding, dilation, mask);
+    auto call = [&] {
+      std::tie(out[0], out[1], out[2]) = backward_op<kLifting>().call(
+          grads[0], saved[0], saved[1], ctx->saved_data["rotations"].toInt(),
+          ctx->saved_data["reflections"].toBool(), ctx->saved_data["disk_mask"].toBool(), stride, padding, dilation,
+          mask);
+    };
+    if (at::GradMode::is_enabled()) {
+      // create_graph: through the dispatcher with autograd, so that the backward op's own (Python) autograd
+      // records the graph for the double backward.
+      call();
+    } else {
+      // A plain backward (grad mode off): straight to the kernel, below autograd. The Python autograd layer of
+      // the backward op would only check grad mode and redispatch, at a Python call's cost on every step.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      call();
+    }
     return out;
   }
 };

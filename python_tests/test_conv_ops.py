@@ -426,3 +426,31 @@ def test_backward_expands_the_filter_only_for_the_input_gradient(input_grad):
     torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=1e-9)
     if input_grad:
         torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_plain_backward_stays_in_cpp(lifting):
+    """A plain backward (grad mode off) calls the backward op below autograd, straight from the C++ node: no
+    Python runs (the backward op's Python autograd layer would only redispatch, at a Python call's cost on
+    every step); with create_graph it goes through that layer, which records the double backward."""
+    import sys  # noqa: PLC0415
+
+    x = torch.randn(2, 3, 6, 6) if lifting else torch.randn(2, 3, 4, 6, 6, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True) if lifting else torch.randn(4, 3, 4, 3, 3, requires_grad=True)
+    op = ops.lifting_conv2d if lifting else ops.group_conv2d
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and "torch" in frame.f_code.co_filename and "_library" in frame.f_code.co_filename:
+            calls.append(frame.f_code.co_name)
+
+    for create_graph in (False, True):
+        calls.clear()
+        out = op(x, w, None, 4, False, False, [1, 1], [1, 1], [1, 1])
+        sys.setprofile(profile)
+        try:
+            grads = torch.autograd.grad(out.square().sum(), [w] if lifting else [x, w], create_graph=create_graph)
+        finally:
+            sys.setprofile(None)
+        assert bool(calls) == create_graph, calls[:5]
+        assert all(g.requires_grad == create_graph for g in grads)
