@@ -75,7 +75,8 @@ def main() -> None:
                         with autocast(dev, pr):
                             return f(xs, ws, bs, g, padding=pad)
                     cands[f"{label} {pr}"] = train_step(run, x, w, b)
-            s = interleaved(cands, args.rounds, args.warmup, min_block=args.min_block, budget=args.budget)
+            s = interleaved(cands, args.rounds, args.warmup, min_block=args.min_block, warmup_time=args.warmup_time,
+                            budget=args.budget)
             row = [name, kind]
             for pr in ("fp32", "bf16"):
                 fused = s[f"fused {pr}"]

@@ -80,7 +80,7 @@ def main() -> None:
             for pr, dtype in DTYPES:
                 fn = make(dtype)
                 s = interleaved({cap: with_capability(cap, fn) for cap in caps}, args.rounds, args.warmup,
-                                min_block=args.min_block, budget=args.budget)
+                                min_block=args.min_block, warmup_time=args.warmup_time, budget=args.budget)
                 row += [fmt_ms(s[cap].median) for cap in caps]
                 row += [s["default"].ratio(s[cap]).fmt(2) for cap in caps[1:]]
             rows.append(row)

@@ -44,7 +44,8 @@ def main() -> None:
                 fns = (gconv_ext.group_filter, reference.group_filter, reference.group_filter_grid_sample)
             cands = {f"{label} {pr}": train_step(lambda t, f=f, g=g: f(t, g), w.to(dtype))
                      for pr, dtype in DTYPES for label, f in zip(("ours", "reference", "grid_sample"), fns)}
-            s = interleaved(cands, args.rounds, args.warmup, min_block=args.min_block, budget=args.budget)
+            s = interleaved(cands, args.rounds, args.warmup, min_block=args.min_block, warmup_time=args.warmup_time,
+                            budget=args.budget)
             row = [f"C{n}", kind]
             for pr, _ in DTYPES:
                 ours = s[f"ours {pr}"]

@@ -213,8 +213,8 @@ def main() -> None:
             fns[f"floor {pr}"] = model_step(floor, x, y, pr)
         fns[f"convs-bare {pr}"] = convs_step(bare, x, pr)
         fns[f"convs-ops {pr}"] = convs_step(ops, x, pr)
-    s = interleaved(fns, args.rounds, args.warmup, min_block=args.min_block, baseline="ours fp32",
-                    budget=args.budget)
+    s = interleaved(fns, args.rounds, args.warmup, min_block=args.min_block, warmup_time=args.warmup_time,
+                    baseline="ours fp32", budget=args.budget)
     rounds = len(s["ours fp32"].per_round)
 
     labels = {"ours": "ours (GCNN)", "channels-last": "ours, channels_last model and input",

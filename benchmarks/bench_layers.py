@@ -212,7 +212,8 @@ def main() -> None:
             for mode in args.modes:
                 case.set_mode(mode)
                 stats = interleaved(case.candidates(batch, mode, args.study), args.rounds, args.warmup,
-                                    min_block=args.min_block, baseline="ours fp32", budget=args.budget)
+                                    min_block=args.min_block, warmup_time=args.warmup_time, baseline="ours fp32",
+                                    budget=args.budget)
                 results[(batch, kind, n, mode)] = stats
                 r = stats["floor fp32"]
                 print(f"[{time.perf_counter() - t_start:6.1f} s] batch {batch} {case.name} C{n} {mode}: "
@@ -279,7 +280,8 @@ def main() -> None:
             xb = x.detach().bfloat16().requires_grad_()  # bf16: the activations of a bf16 network
             fns = {f"{name} {pr}": train_fn(fn, xi, [xi], "fp32") for pr, xi in (("fp32", x), ("bf16", xb))
                    for name, fn in (("ours", pool), ("study", study_pool))}
-            s = interleaved(fns, args.rounds, args.warmup, min_block=args.min_block, budget=args.budget)
+            s = interleaved(fns, args.rounds, args.warmup, min_block=args.min_block, warmup_time=args.warmup_time,
+                            budget=args.budget)
             pool_rows.append([str(batch), str(args.channels), f"C{n}"]
                              + [v for pr in PRECISIONS for v in (ms(s[f"ours {pr}"]), ms(s[f"study {pr}"]),
                                                                  s[f"study {pr}"].ratio(s[f"ours {pr}"]).fmt(2))])

@@ -64,7 +64,7 @@ def main() -> None:
     for kind, impls in cases.items():
         cands = {(name, pr): fwd_bwd(fn, x32.to(dtype), grad32.to(dtype)) for pr, dtype in DTYPES for name, fn in impls}
         s = interleaved({f"{name} {pr}": fn for (name, pr), fn in cands.items()}, args.rounds, args.warmup,
-                        min_block=args.min_block, budget=args.budget)
+                        min_block=args.min_block, warmup_time=args.warmup_time, budget=args.budget)
         for name, _ in impls:
             row = [kind, name]
             for pr, _ in DTYPES:

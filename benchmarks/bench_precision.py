@@ -48,7 +48,8 @@ def main() -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
         steps = {pr: step_fn(model, opt, x, y, pr) for pr in ("fp32", "bf16")}
-        s = interleaved(steps, args.rounds, args.warmup, min_block=args.min_block, budget=args.budget)
+        s = interleaved(steps, args.rounds, args.warmup, min_block=args.min_block, warmup_time=args.warmup_time,
+                        budget=args.budget)
         speedup = s["fp32"].ratio(s["bf16"])
         auto, _ = resolve_precision("auto", model, x, torch.device("cpu"))
         rows.append([label, f"{1e3 * s['fp32'].median:.1f}", f"{1e3 * s['bf16'].median:.1f}", speedup.fmt(2),

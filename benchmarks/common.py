@@ -128,7 +128,7 @@ def rotation(names: Sequence[str], round_index: int) -> list[str]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: int = 1, *,
-                inner: int | dict[str, int] | None = None, min_block: float = 0.02,
+                inner: int | dict[str, int] | None = None, min_block: float = 0.02, warmup_time: float = 0.0,
                 baseline: str | None = None, budget: float | None = None, min_rounds: int = 3,
                 clock: Callable[[], float] = time.perf_counter,
                 sync: Callable[[], None] | None = None) -> dict[str, Stats]:
@@ -136,8 +136,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
 
     ``warmup`` untimed rounds (one call of each) come first. Then ``inner`` (an int, a dict per candidate,
     or ``None``: :func:`calibrate_inner` per candidate, so a block lasts >= ``min_block`` seconds; 1 without
-    calibrating when the candidate's call in the last warm-up round took that long already) is fixed,
-    and each of ``rounds`` rounds times one block of every candidate, in the order :func:`rotation` gives.
+    calibrating when the candidate's call in the last warm-up round took that long already) is fixed;
+    then untimed rounds of whole blocks run until ``warmup_time`` seconds have passed (0: none; a process's
+    first case can run 2x slow for the first half second: allocator, thread pool and kernel caches warming
+    up), and each of ``rounds`` rounds times one block of every candidate, in the order :func:`rotation` gives.
     ``baseline`` (default: the first candidate) is the denominator of every ``Stats.vs_baseline``; any other
     pair: :func:`ratio`. ``budget`` (seconds, optional) caps the timed rounds: after ``min_rounds`` rounds,
     no round starts that would end past it (judged by the slowest round so far), so slow cases get fewer
@@ -168,6 +170,14 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
         inners = dict.fromkeys(names, inner)
     else:
         inners = {name: inner.get(name, 1) for name in names}
+    warm_start = clock()
+    r = 0
+    while clock() - warm_start < warmup_time:
+        for name in rotation(names, r):
+            for _ in range(inners[name]):
+                fns[name]()
+        sync()
+        r += 1
     times: dict[str, list[float]] = {name: [] for name in names}
     start, longest = clock(), 0.0
     for r in range(rounds):
@@ -193,6 +203,8 @@ def add_interleave_flags(p: argparse.ArgumentParser, rounds: int, warmup: int = 
     p.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=rounds,
                    help="interleaved rounds per case (default %(default)s; --repeats: the old name)")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first (default %(default)s)")
+    p.add_argument("--warmup-time", type=float, default=0.5,
+                   help="then untimed rounds of whole blocks for this many seconds per case (default %(default)s)")
     p.add_argument("--min-block", type=float, default=0.02,
                    help="seconds a timed block lasts at least (default %(default)s)")
     return p

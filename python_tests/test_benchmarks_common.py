@@ -123,3 +123,21 @@ def test_slow_candidate_is_not_calibrated_after_warmup():
     assert out["slow"].inner == 1 and out["fast"].inner == 5
     # warm-up (fast, slow), calibration of fast only (1 call, then 2: 8 ms >= 20/4 ms, scaled to 5), one round
     assert clock.calls == ["fast", "slow"] + ["fast"] * 3 + ["fast"] * 5 + ["slow"]
+
+
+def test_warmup_time_runs_untimed_block_rounds_first():
+    """A process's first case runs slow for a while: ``warmup_time`` runs whole untimed rounds of blocks until
+    that much time has passed, and only then times its rounds."""
+    clock = FakeClock()
+    # every candidate's first 6 calls cost 3x (a cold start), later ones 1 ms
+    fns = {name: clock.fn(name, lambda n: 0.003 if n < 6 else 0.001) for name in "AB"}
+    out = common.interleaved(fns, rounds=2, warmup=0, inner=2, warmup_time=0.02, clock=clock, sync=lambda: None)
+    # untimed rounds of 2-call blocks until 20 ms passed: rounds of 12 ms each -> 2 untimed rounds (24 ms, the
+    # first 4 calls of each candidate), then timed rounds
+    assert clock.calls[:8] == list("AABB") + list("BBAA")
+    assert len(clock.calls) == 8 + 2 * 4
+    assert out["A"].per_round == (pytest.approx(0.003), pytest.approx(0.001))  # calls 4, 5 cold; 6, 7 warm
+    clock2 = FakeClock()
+    common.interleaved({name: clock2.fn(name, 0.001) for name in "AB"}, rounds=1, warmup=0, inner=1, clock=clock2,
+                       sync=lambda: None)
+    assert clock2.calls == list("AB")  # warmup_time=0 (the default): no untimed rounds
