@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                               out_dir=str(run_dir), resume=(run_dir / "last.pt").is_file(), quiet=args.quiet)
             train(cfg)
             evaluate_checkpoint(run_dir / "best.pt", run_dir, args.data_dir, name=label, angles=angles,
-                                device="cuda" if args.device.startswith("cuda") else "cpu")
+                                device="cuda" if args.device.startswith("cuda") else "cpu", progress=not args.quiet)
             visualize_checkpoint(run_dir / "best.pt", run_dir, args.data_dir)
     # every finished run of the plan, including those another invocation finished meanwhile
     for label, _, _, _, setting, seed in runs:

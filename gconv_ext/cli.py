@@ -198,7 +198,7 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if not args.no_test and summary["best_epoch"] > 0:
         result = evaluate_checkpoint(Path(out_dir) / "best.pt", data_dir=args.data_dir,
                                      test_limit=args.test_limit, batch_size=args.eval_batch_size,
-                                     device=summary["device"], cache_dir=args.cache_dir)
+                                     device=summary["device"], cache_dir=args.cache_dir, progress=not args.quiet)
         print(f"rotated-test accuracy {result['rotated_test_acc']:.4f} ({result['test_set']}, "
               f"{result['n_rotated_test']} digits), upright {result['upright_test_acc']:.4f}, "
               f"mean per-angle {result['mean_per_angle_acc']:.4f}")

@@ -204,10 +204,10 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *args: Any, **kwa
     return evaluate(model, images, labels, *args, **kwargs)[1]
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+def _progress(total: int, desc: str, enabled: bool, unit: str = "batch") -> tqdm:
     tty = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=tty, dynamic_ncols=True,
-                mininterval=0.5 if tty else 30.0, unit="batch")
+                mininterval=0.5 if tty else 30.0, unit=unit)
 
 
 def _logger(ctx: DistContext, cfg: TrainConfig, log: Callable[[str], None] | None) -> Callable[[str], None]:
