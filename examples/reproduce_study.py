@@ -99,9 +99,10 @@ def summarize(results: list[dict], out: Path, budget: str) -> str:
         row["train time / run"] = f"{mean_std(times)[0] / 60:.1f} min" if times else "-"
         epochs = [r["epoch"] for r in rs]
         row["best epoch"] = ",".join(str(e) for e in epochs)
-        prov = rs[0].get("provenance") or {}
-        row["precision"] = prov.get("precision") or "-"
-        row["machine"] = prov.get("device_name") or "-"
+        provs = [r.get("provenance") or {} for r in sorted(rs, key=lambda r: r["seed"])]
+        # every seed's own: runs resume across machines, and a row may mix them
+        row["precision"] = ", ".join(dict.fromkeys(p.get("precision") or "-" for p in provs))
+        row["machine"] = ", ".join(dict.fromkeys(p.get("device_name") or "-" for p in provs))
         rows.append(row)
     columns = ["model", "trained", "params", "seeds", "rotated test", "upright", "mean over angles",
                "canon. error (median)", "best epoch", "train time / run", "precision", "machine"]
