@@ -54,21 +54,6 @@ __global__ void spatial_pool_backward_kernel(const scalar_t* __restrict__ grad_o
   }
 }
 
-// Calls f(index_t{}) with the stored taps' type (uint8 or int32; uint8 stands in when there are none).
-template <typename F>
-void with_index_type(const at::Tensor& indices, const F& f) {
-  if (indices.defined() && indices.scalar_type() == at::kInt) {
-    f(int32_t{});
-  } else {
-    f(uint8_t{});
-  }
-}
-
-template <typename index_t>
-index_t* index_ptr(const at::Tensor& indices) {
-  return indices.defined() ? static_cast<index_t*>(indices.data_ptr()) : nullptr;
-}
-
 void spatial_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, const at::Tensor& indices, const Pool2dGeom& g,
                                bool max) {
   const int64_t n = out.numel();

@@ -78,6 +78,22 @@ struct SpatialPoolLaunchers {
                    bool max);
 };
 
+// Calls f(index_t{}) with the type of the stored argmax taps (uint8 or int32; uint8 stands in where there are
+// none), and the taps' pointer (null when undefined): for the backends' launchers.
+template <typename F>
+void with_index_type(const at::Tensor& indices, const F& f) {
+  if (indices.defined() && indices.scalar_type() == at::kInt) {
+    f(int32_t{});
+  } else {
+    f(uint8_t{});
+  }
+}
+
+template <typename index_t>
+index_t* index_ptr(const at::Tensor& indices) {
+  return indices.defined() ? static_cast<index_t*>(indices.data_ptr()) : nullptr;
+}
+
 at::Tensor spatial_pool_host(const SpatialPoolLaunchers& run, const at::Tensor& input, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, bool max);
 std::tuple<at::Tensor, at::Tensor> group_max_pool2d_with_indices_host(const SpatialPoolLaunchers& run,
