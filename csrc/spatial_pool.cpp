@@ -123,7 +123,7 @@ at::Tensor group_max_pool2d_backward_host(const SpatialPoolLaunchers& run, const
   const at::Tensor go = grad_out.contiguous(), idx = indices.contiguous();
   at::Tensor grad_in = at::empty(input_sizes, go.options());
   if (grad_in.numel() == 0) return grad_in;
-  run.backward(go, idx, grad_in, g, /*max=*/true);
+  run.backward(go, idx, grad_in, g);
   return grad_in;
 }
 
@@ -135,7 +135,7 @@ at::Tensor group_avg_pool2d_backward_host(const SpatialPoolLaunchers& run, const
   const at::Tensor go = grad_out.contiguous();
   at::Tensor grad_in = at::empty(input_sizes, go.options());
   if (grad_in.numel() == 0) return grad_in;
-  run.backward(go, at::Tensor(), grad_in, g, /*max=*/false);
+  run.backward(go, at::Tensor(), grad_in, g);  // avg: no taps
   return grad_in;
 }
 

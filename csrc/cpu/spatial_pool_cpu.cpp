@@ -5,8 +5,9 @@
 // then computed all at once on a flat index f = oy * P + ox with the output pitch P = s_h * C / s_w (the
 // tile has C columns, a multiple of s_w): window f starts at tile element f * s_w, so for a fixed tap
 // (i, j) the loop over f reads tile[f * s_w + i * C + j] and is a long branch-free select / add loop
-// that gcc vectorises at -O3 (those tap loops are in cpu_kernels.inc, built per instruction set). Flat positions with ox >= OW are scratch (computed, never stored; their
-// backward terms are 0). The loops evaluate the sums of spatial_pool.h in the same order:
+// that gcc vectorises at -O3 (those tap loops are in cpu_kernels.inc, built per instruction set). Flat
+// positions with ox >= OW are scratch (computed, never stored; their backward terms are 0). The loops
+// evaluate the sums of spatial_pool.h in the same order:
 //   forward: taps in scan order, per output; padding taps are -inf (never taken by max_pool_takes) or
 //            +0 (adding +0 to a sum that starts at +0 is exact);
 //   backward (a gather, max routed by the stored argmax taps): tile element q receives the terms of the
@@ -193,13 +194,13 @@ void spatial_pool_gather_cpu(const at::Tensor& values, const at::Tensor& indices
 }
 
 void spatial_pool_backward_cpu(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in,
-                               const Pool2dGeom& g, bool max) {
+                               const Pool2dGeom& g) {
   with_index_type(indices, [&](auto index_tag) {
     using index_t = decltype(index_tag);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
                                     "gconv_ext_spatial_pool_backward_cpu", [&] {
       backward_impl<scalar_t>(grad_out.const_data_ptr<scalar_t>(),
-                              max ? static_cast<const index_t*>(index_ptr<index_t>(indices)) : nullptr,
+                              static_cast<const index_t*>(index_ptr<index_t>(indices)),  // null: avg
                               grad_in.mutable_data_ptr<scalar_t>(), grad_in.numel() / (g.h * g.w), g);
     });
   });

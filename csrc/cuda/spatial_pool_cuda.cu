@@ -81,14 +81,14 @@ void spatial_pool_gather_cuda(const at::Tensor& values, const at::Tensor& indice
 }
 
 void spatial_pool_backward_cuda(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in,
-                                const Pool2dGeom& g, bool max) {
+                                const Pool2dGeom& g) {
   const int64_t n = grad_in.numel();
   with_index_type(indices, [&](auto index_tag) {
     using index_t = decltype(index_tag);
     launch_elementwise(grad_out, n, [&](auto tag, unsigned blocks, cudaStream_t stream) {
       using scalar_t = decltype(tag);
       spatial_pool_backward_kernel<scalar_t, index_t><<<blocks, kThreads, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), max ? index_ptr<index_t>(indices) : nullptr,
+          grad_out.const_data_ptr<scalar_t>(), index_ptr<index_t>(indices),
           grad_in.mutable_data_ptr<scalar_t>(), n, g);
     });
   });

@@ -74,8 +74,8 @@ at::Tensor group_pool_backward_host(const GroupPoolLaunchers& run, const at::Ten
 struct SpatialPoolLaunchers {
   void (*forward)(const at::Tensor& in, at::Tensor& out, const at::Tensor& indices, const Pool2dGeom& g, bool max);
   void (*gather)(const at::Tensor& values, const at::Tensor& indices, at::Tensor& out, const Pool2dGeom& g);
-  void (*backward)(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in, const Pool2dGeom& g,
-                   bool max);
+  // max when `indices` is defined (routed by the stored taps), avg otherwise
+  void (*backward)(const at::Tensor& grad_out, const at::Tensor& indices, at::Tensor& grad_in, const Pool2dGeom& g);
 };
 
 // Calls f(index_t{}) with the type of the stored argmax taps (uint8 or int32; uint8 stands in where there are

@@ -121,8 +121,9 @@ C10_HOST_DEVICE inline void pool_covering(int64_t y, int64_t k, int64_t s, int64
 // grad_in at input (y, x) of one plane: max, routed by the stored argmax taps `indices` ([OH, OW] of the
 // plane); avg (`indices` null): an equal share of every covering window's gradient.
 template <typename acc_t, typename scalar_t, typename index_t>
-C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_out, const index_t* __restrict__ indices,
-                                              const Pool2dGeom& g, int64_t y, int64_t x) {
+C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_out,
+                                              const index_t* __restrict__ indices, const Pool2dGeom& g, int64_t y,
+                                              int64_t x) {
   int64_t oy0, oy1, ox0, ox1;
   pool_covering(y, g.kh, g.sh, g.ph, g.oh, &oy0, &oy1);
   pool_covering(x, g.kw, g.sw, g.pw, g.ow, &ox0, &ox1);
