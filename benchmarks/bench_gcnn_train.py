@@ -13,6 +13,8 @@ Full training steps (forward, cross-entropy, backward, AdamW step):
 * compiled:    (``--compile``) ours with the model under ``torch.compile`` (the optimiser step eager)
 * channels_last: (``--channels-last``) ours after ``model.to(memory_format=torch.channels_last)``, the input
                images channels_last too
+* unfused glue: (``--unfused-glue``) ours with ``model.fuse_glue = False``: LayerNorm, ReLU and max pool as
+               three ops (ours fuses each such block into ``group_layer_norm_relu_max_pool2d`` by default)
 
 The model's convolutions alone (forward + backward with a fixed output gradient, weight gradients only,
 no norm, ReLU, pooling, head, loss or optimiser; each 2x2/1 pool replaced by a free crop so every conv sees
@@ -35,6 +37,7 @@ never below 3). Commands:
     python benchmarks/bench_gcnn_train.py --preset C8/4/32 --batch 32 --rounds 11 --budget 300
     python benchmarks/bench_gcnn_train.py --no-study --no-floor            # only ours vs its convolutions
     python benchmarks/bench_gcnn_train.py --compile                        # also ours under torch.compile
+    python benchmarks/bench_gcnn_train.py --no-study --no-floor --unfused-glue   # also ours with the glue unfused
 """
 from __future__ import annotations
 
@@ -178,6 +181,9 @@ def main() -> None:
                    help="add ours with the model and input in channels_last (model.to(memory_format=...))")
     p.add_argument("--compile", action="store_true",
                    help="add ours under torch.compile (a copy of the model; compiling takes a minute or two)")
+    p.add_argument("--unfused-glue", action="store_true",
+                   help="add ours with model.fuse_glue = False (LayerNorm, ReLU and max pool as three ops), to "
+                        "measure the fused operator ours uses")
     add_interleave_flags(p, rounds=15, warmup=2)
     args = p.parse_args()
     model = gcnn_preset(args.preset)
@@ -200,6 +206,10 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,))
     compiled = torch.compile(copy.deepcopy(model)) if args.compile else None
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last) if args.channels_last else None
+    unfused = None
+    if args.unfused_glue:
+        unfused = copy.deepcopy(model)
+        unfused.fuse_glue = False
     fns = {}
     for pr in PRECISIONS:
         fns[f"ours {pr}"] = model_step(model, x, y, pr)
@@ -207,6 +217,8 @@ def main() -> None:
             fns[f"channels-last {pr}"] = model_step(cl, x.to(memory_format=torch.channels_last), y, pr)
         if compiled is not None:
             fns[f"compiled {pr}"] = model_step(compiled, x, y, pr)
+        if unfused is not None:
+            fns[f"unfused-glue {pr}"] = model_step(unfused, x, y, pr)
         if not args.no_study:
             fns[f"study {pr}"] = model_step(study, x, y, pr)
         if not args.no_floor:
@@ -218,7 +230,9 @@ def main() -> None:
     rounds = len(s["ours fp32"].per_round)
 
     labels = {"ours": "ours (GCNN)", "channels-last": "ours, channels_last model and input",
-              "compiled": "ours under torch.compile", "study": "study-style (grid_sample, Python-loop pool)",
+              "compiled": "ours under torch.compile",
+              "unfused-glue": "ours with the glue unfused (LayerNorm, ReLU, max pool)",
+              "study": "study-style (grid_sample, Python-loop pool)",
               "floor": "floor: network with precomputed filters",
               "convs-bare": "convolutions alone, bare conv2d, precomputed filters (fwd+bwd)",
               "convs-ops": "convolutions alone, our LiftingConv2d/GroupConv2d (fwd+bwd)"}
@@ -240,7 +254,9 @@ def main() -> None:
     print("\nFraction = time of the convolutions alone / time of our full training step "
           "(1 = the step costs only its convolutions; target >= 0.9 against the bare conv2d)")
     f_rows = []
-    for step in ("ours", "compiled") if compiled is not None else ("ours",):
+    steps = ["ours"] + (["compiled"] if compiled is not None else [])
+    steps += ["unfused-glue"] if unfused is not None else []
+    for step in steps:
         for key in ("convs-bare", "convs-ops"):
             row = [labels[step], labels[key]]
             for pr in PRECISIONS:

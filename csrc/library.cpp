@@ -41,6 +41,12 @@ TORCH_LIBRARY(gconv_ext, m) {
   m.def(
       "group_max_pool2d_gather(Tensor values, Tensor indices, int[2] kernel_size, int[2] stride, int[2] padding) "
       "-> Tensor");
+  m.def(
+      "group_layer_norm_relu_max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "group_layer_norm_relu_max_pool2d_backward(Tensor grad_out, Tensor input, Tensor out, Tensor indices, "
+      "Tensor mean, Tensor rstd, int[2] kernel_size, int[2] stride, int[2] padding) -> Tensor");
 }
 
 }  // namespace gconv_ext

@@ -86,6 +86,14 @@ def _samples(device: str) -> dict[str, list[tuple]]:
         samples["group_max_pool2d_backward"].append((t(*size), indices, list(x.shape), k, s, p))
         samples["group_avg_pool2d_backward"].append((t(*size), list(x.shape), k, s, p))
         samples["group_max_pool2d_gather"].append((t(*x.shape), indices, k, s, p))
+    samples["group_layer_norm_relu_max_pool2d"] = [(x, *p, 1e-5) for p in pools]
+    # its backward op is not differentiable (the forward's double backward is built from other ops): no grad
+    samples["group_layer_norm_relu_max_pool2d_backward"] = []
+    for k, s, p in pools:
+        with torch.no_grad():
+            out, indices, mean, rstd = ops.group_layer_norm_relu_max_pool2d(x, k, s, p, 1e-5)
+        samples["group_layer_norm_relu_max_pool2d_backward"].append(
+            (t(*out.shape, grad=False), x.detach(), out, indices, mean, rstd, k, s, p))
     return samples
 
 
@@ -100,6 +108,8 @@ def _run(op, args):
     g = torch.Generator().manual_seed(99)
     cotangents = [torch.randn(o.shape, generator=g).to(o.device) for o in outs]
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not leaves:  # an op sampled without gradients: its forward alone
+        return [o.detach() for o in outs], []
     loss = sum((o * c).sum() for o, c in zip(outs, cotangents) if o.requires_grad)
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     assert any(gr is not None for gr in grads), "no gradient reached the inputs"

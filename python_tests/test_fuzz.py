@@ -105,6 +105,9 @@ def test_huge_pool_kernels_and_strides_are_errors_or_right():
                                             [2, 2], [0, 0]),
     lambda m: ops.group_max_pool2d_gather(torch.ones(1, 1, 4, 4, device=m),
                                           torch.zeros(1, 1, 2, 2, dtype=torch.uint8), [2, 2], [2, 2], [0, 0]),
+    lambda m: ops.group_layer_norm_relu_max_pool2d_backward(
+        torch.ones(1, 1, 2, 2, device=m), torch.ones(1, 1, 4, 4), torch.ones(1, 1, 2, 2),
+        torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1), torch.ones(1), [2, 2], [2, 2], [0, 0]),
 ])
 def test_mixed_meta_and_cpu_tensors_raise(call):
     # was: the fake kernel ran on the real CPU tensors and returned uninitialised memory
@@ -134,6 +137,13 @@ def test_mixed_meta_and_cpu_tensors_raise(call):
                                 dtype=torch.float8_e4m3fn), None, 4, False, False, [1, 1], [0, 0], [1, 1]),
      "floating"),
     (lambda t: ops.lift_filter(t(1, 1, 3, 3), 2**62, True, False), r"rotations .* \[1, 1024\]"),
+    (lambda t: ops.group_layer_norm_relu_max_pool2d(t(1, 1, 4, 4, dtype=torch.int32), [2, 2], [2, 2], [0, 0], 1e-5),
+     "floating"),
+    (lambda t: ops.group_layer_norm_relu_max_pool2d(t(1, 1, 4, 4), [2, 2], [2, 2], [0, 0], 0.0), "eps"),
+    (lambda t: ops.group_layer_norm_relu_max_pool2d(t(1, 1, 4, 4), [5, 5], [1, 1], [0, 0], 1e-5), "too small"),
+    (lambda t: ops.group_layer_norm_relu_max_pool2d_backward(
+        t(1, 1, 2, 2), t(1, 1, 4, 4), t(1, 1, 2, 2), t(1, 1, 2, 2, dtype=torch.uint8), t(1), t(1, dtype=torch.float64),
+        [2, 2], [2, 2], [0, 0]), "rstd must be torch.float32"),
 ])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_fake_and_real_kernels_make_the_same_checks(call, match, device):

@@ -693,8 +693,17 @@ def test_export_gives_standard_modules_with_the_same_outputs(name):
     assert not exported.training
     with torch.no_grad():
         if exact:  # the same ATen convolution on the bit-identical expanded filter, and max pools: exact
-            for a, b in zip(_outputs(exported(x)), _outputs(net(x))):
-                assert torch.equal(a, b)
+            # (a GCNN's fused LayerNorm + ReLU + max pool sums its statistics in another order than torch's
+            # LayerNorm: the same function to within rounding, checked in float64 below; bit for bit unfused)
+            fused = getattr(net, "fuse_glue", None)
+            if fused is not None:
+                net.fuse_glue = False
+            try:
+                for a, b in zip(_outputs(exported(x)), _outputs(net(x))):
+                    assert torch.equal(a, b)
+            finally:
+                if fused is not None:
+                    net.fuse_glue = fused
         # float64 (biases folded into the Conv2d, the average and mean pools on ATen kernels: other orders of
         # the same sums), bounded by chain_rtol of the net's reductions (_net_atol)
         net64, x64 = copy.deepcopy(net).double(), x.double()

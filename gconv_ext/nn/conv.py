@@ -360,7 +360,8 @@ def export(model: nn.Module, inplace: bool = False) -> nn.Module:
     the convolutions use the bit-identical expanded filter, but with the bias folded into the Conv2d (and,
     without a bias, on the same ``F.conv2d`` call as the eval-mode cache), so they agree to within float
     rounding where there is a bias; the average and mean pools agree to within float rounding (the same
-    values summed, possibly in another order). Training the exported convolutions further does not keep
+    values summed, possibly in another order), and so does a GCNN's LayerNorm where the original fuses it with
+    its ReLU and max pool (``GCNN.fuse_glue``). Training the exported convolutions further does not keep
     equivariance. ``model`` is deep-copied and left unchanged unless ``inplace`` (a ``model`` that is itself
     one of the modules above is never changed: its replacement is returned); the training flag of every
     module is kept.

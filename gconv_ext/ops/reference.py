@@ -205,3 +205,10 @@ def group_filter_grid_sample(weight: torch.Tensor, group: Group) -> torch.Tensor
         w = weight[:, :, src[g]].reshape(1, co * ci * n, k, k)
         outs.append(F.grid_sample(w, grid[g:g + 1], mode="bilinear", padding_mode="zeros", align_corners=True))
     return torch.stack(outs, 0).reshape(n, co, ci, n, k, k).transpose(0, 1)
+
+
+def group_layer_norm_relu_max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0,
+                                     eps: float = 1e-5) -> torch.Tensor:
+    """Reference of the GCNN block's glue: the affine-free layer norm over every dimension but the batch, ReLU,
+    then :func:`group_max_pool2d` (three torch ops, one after another)."""
+    return group_max_pool2d(F.relu(F.layer_norm(x, x.shape[1:], eps=eps)), kernel_size, stride, padding)

@@ -40,8 +40,8 @@ def _pool_params(kernel_size, stride, padding):
 
 
 def _check_pool_input(x, k, p) -> None:
-    """The compiled op's input checks (csrc/spatial_pool.cpp ``check_map`` and ``geometry``, same wording), for the
-    reference fallback only: with the compiled op they run once, in C++ (or the fake kernel)."""
+    """The compiled op's input checks (csrc/spatial_pool.cpp ``check_pool_map`` and ``pool_geometry``, same
+    wording), for the reference fallback only: with the compiled op they run once, in C++ (or the fake kernel)."""
     if x.dim() not in (4, 5):
         raise ValueError(f"gconv_ext: input must be a 5-D group map [B, C, |G|, H, W] or a 4-D tensor [B, C, H, W], "
                          f"got shape {list(x.shape)}")
@@ -92,26 +92,46 @@ def group_avg_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None
 
 # -- registration (fake kernels and autograd), only when the compiled ops exist --------------------
 
+# -- the fake kernels' shape and index checks (also used by ops/norm_pool.py) --------------------------------
+
+def out_shape(input_shape, kernel_size, stride, padding):  # csrc/spatial_pool.cpp pool_geometry()
+    shape = list(input_shape)
+    torch._check(len(shape) in (4, 5), lambda: f"gconv_ext: input must be 4-D or 5-D, got {len(shape)}-D")
+    fake_pair(kernel_size, "kernel_size", 1)
+    fake_pair(stride, "stride", 1)
+    fake_pair(padding, "padding", 0)
+    padded = 1
+    for d in range(2):
+        size, k, s, p = shape[-2 + d], kernel_size[d], stride[d], padding[d]
+        torch._check(2 * p <= k, lambda: "gconv_ext: padding must be at most half the kernel size")
+        torch._check(size >= 1 and size + 2 * p >= k,
+                     lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k}, padding {p}")
+        padded *= size + 2 * p
+        shape[-2 + d] = (size + 2 * p - k) // s + 1
+    torch._check(padded <= MAX_EXTENT, lambda: "gconv_ext: the padded input plane must have at most 2^31 "
+                                               "elements; use a smaller kernel_size and padding")
+    return shape
+
+
+def index_dtype(kernel_size):  # csrc/spatial_pool.cpp pool_index_dtype()
+    return torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32
+
+
+def check_indices(indices, expected, kernel_size, device):  # csrc/spatial_pool.cpp check_pool_indices()
+    torch._check(list(indices.shape) == list(expected),
+                 lambda: f"gconv_ext: indices must have the output shape {list(expected)}, got "
+                         f"{list(indices.shape)}")
+    want = index_dtype(kernel_size)
+    if indices.dtype != want:
+        raise TypeError(f"gconv_ext: indices must be the {want} argmax taps of group_max_pool2d_with_indices "
+                        f"for a {kernel_size[0]}x{kernel_size[1]} window, got {indices.dtype}")
+    if indices.device != device:
+        raise RuntimeError(f"gconv_ext: indices must be on the same device as the other tensors ({device}), "
+                           f"got {indices.device}")
+
+
 def _register() -> None:
     ops = torch.ops.gconv_ext
-
-    def out_shape(input_shape, kernel_size, stride, padding):  # csrc/spatial_pool.cpp geometry()
-        shape = list(input_shape)
-        torch._check(len(shape) in (4, 5), lambda: f"gconv_ext: input must be 4-D or 5-D, got {len(shape)}-D")
-        fake_pair(kernel_size, "kernel_size", 1)
-        fake_pair(stride, "stride", 1)
-        fake_pair(padding, "padding", 0)
-        padded = 1
-        for d in range(2):
-            size, k, s, p = shape[-2 + d], kernel_size[d], stride[d], padding[d]
-            torch._check(2 * p <= k, lambda: "gconv_ext: padding must be at most half the kernel size")
-            torch._check(size >= 1 and size + 2 * p >= k,
-                         lambda: f"gconv_ext: input spatial size {size} is too small for kernel {k}, padding {p}")
-            padded *= size + 2 * p
-            shape[-2 + d] = (size + 2 * p - k) // s + 1
-        torch._check(padded <= MAX_EXTENT, lambda: "gconv_ext: the padded input plane must have at most 2^31 "
-                                                   "elements; use a smaller kernel_size and padding")
-        return shape
 
     def check_map(t, name):
         fake_floating(t, name)
@@ -125,21 +145,6 @@ def _register() -> None:
     def _(input, kernel_size, stride, padding):
         check_map(input, "input")
         return input.new_empty(out_shape(input.shape, kernel_size, stride, padding))
-
-    def index_dtype(kernel_size):  # csrc/spatial_pool.cpp index_dtype()
-        return torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32
-
-    def check_indices(indices, expected, kernel_size, device):  # csrc/spatial_pool.cpp check_indices()
-        torch._check(list(indices.shape) == list(expected),
-                     lambda: f"gconv_ext: indices must have the output shape {list(expected)}, got "
-                             f"{list(indices.shape)}")
-        want = index_dtype(kernel_size)
-        if indices.dtype != want:
-            raise TypeError(f"gconv_ext: indices must be the {want} argmax taps of group_max_pool2d_with_indices "
-                            f"for a {kernel_size[0]}x{kernel_size[1]} window, got {indices.dtype}")
-        if indices.device != device:
-            raise RuntimeError(f"gconv_ext: indices must be on the same device as the other tensors ({device}), "
-                               f"got {indices.device}")
 
     @torch.library.register_fake("gconv_ext::group_max_pool2d_with_indices")
     def _(input, kernel_size, stride, padding):

@@ -12,6 +12,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "gconv_ext/plan.h"
 #include "gconv_ext/spatial_pool.h"
@@ -94,6 +95,14 @@ index_t* index_ptr(const at::Tensor& indices) {
   return indices.defined() ? static_cast<index_t*>(indices.data_ptr()) : nullptr;
 }
 
+// The shared checks and geometry of the pooling ops (spatial_pool.cpp), also used by the fused norm + pool.
+void check_pool_map(const at::Tensor& t, const char* name);
+Pool2dGeom pool_geometry_of(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding);
+std::vector<int64_t> pool_output_sizes(at::IntArrayRef input_sizes, const Pool2dGeom& g);
+at::ScalarType pool_index_dtype(const Pool2dGeom& g);
+void check_pool_indices(const at::Tensor& indices, at::IntArrayRef expected, const Pool2dGeom& g, at::Device device);
+
 at::Tensor spatial_pool_host(const SpatialPoolLaunchers& run, const at::Tensor& input, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, bool max);
 std::tuple<at::Tensor, at::Tensor> group_max_pool2d_with_indices_host(const SpatialPoolLaunchers& run,
@@ -110,5 +119,29 @@ at::Tensor group_avg_pool2d_backward_host(const SpatialPoolLaunchers& run, const
 at::Tensor group_max_pool2d_gather_host(const SpatialPoolLaunchers& run, const at::Tensor& values,
                                         const at::Tensor& indices, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                         at::IntArrayRef padding);
+
+// ---- fused layer norm + ReLU + spatial max pool (norm_pool.cpp; arithmetic in norm_pool.h) ---------------
+// input [B, ...] (4-D or 5-D), normalised over everything but B, pooled over the last two dims. Outputs: out
+// (the pooled shape), the argmax taps (as group_max_pool2d_with_indices), and mean / rstd [B] in the
+// accumulation type (float32, or float64 for a float64 input).
+
+// All tensors contiguous, outputs preallocated and non-empty.
+struct NormPoolLaunchers {
+  void (*forward)(const at::Tensor& in, at::Tensor& out, at::Tensor& indices, at::Tensor& mean, at::Tensor& rstd,
+                  const Pool2dGeom& g, double eps);
+  // scratch: c ([B, 2], the statistics' dtype), for s1 / M and s2 / M of every sample
+  void (*backward)(const at::Tensor& grad_out, const at::Tensor& in, const at::Tensor& out,
+                   const at::Tensor& indices, const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& grad_in,
+                   at::Tensor& c, const Pool2dGeom& g);
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_relu_max_pool_host(
+    const NormPoolLaunchers& run, const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, double eps);
+at::Tensor norm_relu_max_pool_backward_host(const NormPoolLaunchers& run, const at::Tensor& grad_out,
+                                            const at::Tensor& input, const at::Tensor& out,
+                                            const at::Tensor& indices, const at::Tensor& mean,
+                                            const at::Tensor& rstd, at::IntArrayRef kernel_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding);
 
 }  // namespace gconv_ext

@@ -1,5 +1,6 @@
 // Per-backend registration of the transform and pooling ops: a backend file defines its launchers as a
-// constant TransformLaunchers / GroupPoolLaunchers / SpatialPoolLaunchers and ends with, e.g.,
+// constant TransformLaunchers / GroupPoolLaunchers / SpatialPoolLaunchers /
+// NormPoolLaunchers and ends with, e.g.,
 //
 //   TORCH_LIBRARY_IMPL(gconv_ext, CPU, m) { register_filter_transforms<kCpuTransform>(m); }
 //
@@ -62,6 +63,21 @@ void register_spatial_pool(torch::Library& m) {
                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
     return group_max_pool2d_gather_host(R, values, indices, kernel_size, stride, padding);
   });
+}
+
+template <const NormPoolLaunchers& R>
+void register_norm_pool(torch::Library& m) {
+  m.impl("group_layer_norm_relu_max_pool2d", [](const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                at::IntArrayRef stride, at::IntArrayRef padding, double eps) {
+    return norm_relu_max_pool_host(R, input, kernel_size, stride, padding, eps);
+  });
+  m.impl("group_layer_norm_relu_max_pool2d_backward",
+         [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& out, const at::Tensor& indices,
+            const at::Tensor& mean, const at::Tensor& rstd, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+            at::IntArrayRef padding) {
+           return norm_relu_max_pool_backward_host(R, grad_out, input, out, indices, mean, rstd, kernel_size, stride,
+                                                   padding);
+         });
 }
 
 }  // namespace gconv_ext

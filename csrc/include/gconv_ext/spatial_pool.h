@@ -119,11 +119,12 @@ C10_HOST_DEVICE inline void pool_covering(int64_t y, int64_t k, int64_t s, int64
 }
 
 // grad_in at input (y, x) of one plane: max, routed by the stored argmax taps `indices` ([OH, OW] of the
-// plane); avg (`indices` null): an equal share of every covering window's gradient.
+// plane); avg (`indices` null): an equal share of every covering window's gradient. With `relu_out` (the fused
+// norm + pool's output, [OH, OW] of the plane), a window's gradient counts only where relu_out > 0.
 template <typename acc_t, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_out,
                                               const index_t* __restrict__ indices, const Pool2dGeom& g, int64_t y,
-                                              int64_t x) {
+                                              int64_t x, const scalar_t* __restrict__ relu_out = nullptr) {
   int64_t oy0, oy1, ox0, ox1;
   pool_covering(y, g.kh, g.sh, g.ph, g.oh, &oy0, &oy1);
   pool_covering(x, g.kw, g.sw, g.pw, g.ow, &ox0, &ox1);
@@ -131,7 +132,8 @@ C10_HOST_DEVICE inline acc_t pool_backward_at(const scalar_t* __restrict__ grad_
   acc_t acc = acc_t(0);
   for (int64_t oy = oy0; oy < oy1; ++oy) {
     for (int64_t ox = ox0; ox < ox1; ++ox) {
-      const acc_t go = static_cast<acc_t>(grad_out[oy * g.ow + ox]);
+      acc_t go = static_cast<acc_t>(grad_out[oy * g.ow + ox]);
+      if (relu_out != nullptr && !(static_cast<acc_t>(relu_out[oy * g.ow + ox]) > acc_t(0))) go = acc_t(0);
       if (indices != nullptr) {
         const int64_t tap = (y - oy * g.sh + g.ph) * g.kw + (x - ox * g.sw + g.pw);
         acc = acc + (static_cast<int64_t>(indices[oy * g.ow + ox]) == tap ? go : acc_t(0));
