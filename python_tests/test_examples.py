@@ -1,4 +1,5 @@
 """Smoke runs of the example scripts and the visualize command."""
+import json
 import subprocess
 import sys
 
@@ -62,3 +63,20 @@ def test_rotated_mnist_gcnn_smoke(tmp_path, shared_data_dir):
     assert "SUBSTITUTE" in text and "over seeds 0, 1" in text
     rows = (out / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[2] == "256"  # the rotated test set: the first 256 digits
+
+
+def test_precision_accuracy_smoke(tmp_path, shared_data_dir):
+    out = tmp_path / "prec"
+    cmd = [sys.executable, "examples/precision_accuracy.py", "--seeds", "0", "--epochs", "1", "--train-limit", "256",
+           "--val-limit", "128", "--test-limit", "256", "--out-dir", str(out), "--data-dir", str(shared_data_dir),
+           "--threads", "1", "--quiet"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert "| fp32 | 0 |" in text and "| bf16 | 0 |" in text and "bf16 - fp32, rotated test, per seed:" in text
+    for precision in ("fp32", "bf16"):
+        r = json.loads((out / f"gcnn-c4-4-16-rotated-{precision}-seed0" / "result.json").read_text())
+        assert r["provenance"]["precision"] == precision and r["n_rotated_test"] == 256
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)  # skips both runs
+    assert again.returncode == 0 and "->" not in again.stderr
