@@ -609,6 +609,12 @@ class Parity:
       LOW_PRECISION_SLACK = 4 for kernels that keep split-K partial sums in the dtype.
     * double backward of the convolutions (float64): ``1e-10 * max|cpu|`` per gradient (chains of two
       convolutions; rounding is ~1e-13 of that scale), exactness reported.
+    * the fused layer norm + ReLU + max pool (group_layer_norm_relu_max_pool2d and its backward): the same
+      per-element source (norm_pool.h, spatial_pool.h) and the same taps (exact), but the per-sample sums
+      (statistics; s1, s2) run in another order (SIMD lanes against a block tree). Bound, with M the
+      sample size and y the normalised values: ``2 (rstd gamma_M mean|x| + max|y| gamma_{M+8})`` in the opmath
+      type, plus ``2 u(dtype) max|y|`` for the rounding to the dtype; the backward
+      ``2 rstd (max|G| + (1 + 2 max|y|) mean|grad_out|) gamma_{2M+16}`` plus ``2 u(dtype)`` of its magnitude.
     """
 
     LOW_PRECISION_SLACK = 4.0
@@ -855,6 +861,54 @@ class Parity:
                              ops.group_max_pool2d_gather(self.to_dev(v), self.to_dev(want_i), k, s, p),
                              ops.group_max_pool2d_gather(v, want_i, k, s, p), exact_required=True)
 
+    # -- fused layer norm + ReLU + max pool --------------------------------------------------------
+    def norm_pool(self, dtype, order: int, double_backward: bool) -> None:
+        torch, ops, tol = self.torch, self.ops, self.tol
+        acc, u = self.acc(dtype), self.u(dtype)
+        name = "group_layer_norm_relu_max_pool2d"
+        for shape in ((2, 3, order, 9, 8), (2, 5, 9, 8)):
+            x = (self.rand(shape, torch.float64) + 0.5).to(dtype)
+            xd = self.to_dev(x)
+            x64 = x.double()
+            m = x64[0].numel()
+            var, mean = torch.var_mean(x64.flatten(1), dim=1, correction=0)
+            rstd = torch.rsqrt(var + 1e-5)
+            y_max = float(((x64.flatten(1) - mean[:, None]).abs().amax(1) * rstd).max())
+            f_atol = 2 * (float(rstd.max()) * tol.gamma(m, acc) * float(x64.abs().mean())
+                          + y_max * tol.gamma(m + 8, acc))
+            for k, s, p in self.SPATIAL[:2]:
+                case = f"{list(shape)} k{k} s{s} p{p}"
+                want = ops.group_layer_norm_relu_max_pool2d(x, k, s, p, 1e-5)
+                got = ops.group_layer_norm_relu_max_pool2d(xd, k, s, p, 1e-5)
+                self.compare(name, "op", dtype, case, got[0], want[0], f_atol + 2 * u * y_max)
+                self.compare(name, "indices", dtype, case, got[1], want[1], exact_required=True)
+                for i, what in ((2, "mean"), (3, "rstd")):
+                    self.compare(name, what, dtype, case, got[i], want[i],
+                                 2 * tol.gamma(m + 8, acc) * float(want[i].abs().max()))
+                go = self.rand(want[0].shape, dtype)
+                routes = -(-k[0] // s[0]) * -(-k[1] // s[1])
+                g_mag = float(rstd.max()) * (routes * float(go.abs().max())
+                                             + (1 + 2 * y_max) * float(go.double().abs().mean()) * (1 + y_max))
+                b_atol = 2 * g_mag * (tol.gamma(2 * m + 16, acc) + tol.gamma(routes, dtype) + 2 * u)
+                w_b = ops.group_layer_norm_relu_max_pool2d_backward(go, x, *want, k, s, p)
+                g_b = ops.group_layer_norm_relu_max_pool2d_backward(self.to_dev(go), xd,
+                                                                    *[self.to_dev(t) for t in want], k, s, p)
+                self.compare(f"{name}_backward", "op", dtype, case, g_b, w_b, b_atol)
+                wrapper = self.gconv_ext.ops.group_layer_norm_relu_max_pool2d
+                xl, xdl = self.leaf(x), self.to_dev(x, True)
+                (want_g,) = torch.autograd.grad(wrapper(xl, k, s, p), xl, go)
+                (got_g,) = torch.autograd.grad(wrapper(xdl, k, s, p), xdl, self.to_dev(go))
+                self.compare(name, "wrapper grad", dtype, case, got_g, want_g, 2 * b_atol)
+                if double_backward:  # built from differentiable ops: the pools' (exact) and torch's
+                    v = self.rand(x.shape, dtype)
+                    gol, god = go.clone().requires_grad_(), self.to_dev(go, True)
+                    (wg,) = torch.autograd.grad(wrapper(xl, k, s, p), xl, gol, create_graph=True)
+                    (gg,) = torch.autograd.grad(wrapper(xdl, k, s, p), xdl, god, create_graph=True)
+                    (want2,) = torch.autograd.grad(wg, gol, v)
+                    (got2,) = torch.autograd.grad(gg, god, self.to_dev(v))
+                    self.compare(name, "double backward d/dgrad_out", dtype, case, got2, want2,
+                                 1e-10 * float(want2.abs().max()))
+
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> None:
         torch, Group = self.torch, self.Group
@@ -881,6 +935,7 @@ class Parity:
                             self.conv(dtype, group, lifting, cfg, double_backward=second and ci == 0)
                     self.group_pool(dtype, group.order, double_backward=second)
                     self.spatial_pool(dtype, group.order, double_backward=second, quick=quick)
+                    self.norm_pool(dtype, group.order, double_backward=second)
 
 
 def parity_result(checks: Sequence[Check], ops_defined: Sequence[str], timed_out: bool) -> StageResult:
@@ -1376,6 +1431,8 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         ops.group_max_pool2d_gather(rand(*x.shape, dtype=dtype), idx, k, s, p)
         y = ops.group_avg_pool2d(x, k, s, p)
         ops.group_avg_pool2d_backward(y, list(x.shape), k, s, p)
+        out, idx, mean, rstd = ops.group_layer_norm_relu_max_pool2d(x, k, s, p, 1e-5)
+        ops.group_layer_norm_relu_max_pool2d_backward(out, x, out, idx, mean, rstd, k, s, p)
 if dev == "cuda":
     torch.cuda.synchronize()
 print("{ok}")

@@ -89,6 +89,8 @@ def test_parity_cases_cover_every_op_of_library_cpp():
         p.conv(torch.bfloat16, group, lifting, cfg, double_backward=False)
     p.group_pool(torch.float16, group.order, double_backward=False)
     p.spatial_pool(torch.float64, group.order, double_backward=True, quick=True)
+    p.norm_pool(torch.float64, group.order, double_backward=True)
+    p.norm_pool(torch.bfloat16, group.order, double_backward=False)
     ops = gc.library_ops()
     res = gc.parity_result(p.checks, ops, timed_out=False)
     assert res.status == gc.PASSED, res.summary
