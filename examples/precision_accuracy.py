@@ -66,7 +66,8 @@ def summarize(out: Path, seeds: list[int], budget: str) -> str | None:
     columns = ["precision", "seeds", "rotated test", "upright", "per seed (rotated test)", "training images/s",
                "machine, threads"]
     text = (f"GCNN C4/4/16 trained on rotated digits, default recipe at a reduced budget ({budget}); accuracy in % "
-            f"on the 10,000-digit rotated test set and upright (mean ± sample std over seeds), each model "
+            f"on the {next(iter(results.values()))['n_rotated_test']:,}-digit rotated test set (fixed seeded angles) "
+            f"and upright (mean ± sample std over seeds), each model "
             f"evaluated in its training precision.\n\n" + markdown_table(rows, columns))
     if diffs:
         m, sd = mean_std(diffs)
