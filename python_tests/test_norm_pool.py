@@ -349,3 +349,14 @@ def test_cuda_matches_cpu(dtype, case):
 def test_cuda_gradgradcheck():
     x = _no_ties((2, 3, 4, 6, 6)).cuda().requires_grad_()
     assert torch.autograd.gradgradcheck(lambda t: fused(t, 2, 1), (x,))
+
+
+def test_gcnn_fuses_only_where_measured_faster():
+    # fp32 / fp64 on the CPU; bfloat16 (autocast) runs torch's LayerNorm, which is faster there
+    model, x = _gcnn_pair(torch.float32)
+    for autocast, want in ((False, 2), (True, None)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(x)
+        counts = {e.key: e.count for e in prof.key_averages()}
+        assert counts.get("gconv_ext::group_layer_norm_relu_max_pool2d") == want
