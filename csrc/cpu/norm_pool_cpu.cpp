@@ -11,8 +11,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-
 #include "gconv_ext/norm_pool.h"
 #include "gconv_ext/register.h"
 #include "spatial_pool_cpu.h"
@@ -37,8 +35,6 @@ acc_t lane_sum(const scalar_t* __restrict__ x, int64_t n, const F& f) {
   for (int l = 0; l < kLanes; ++l) s += lane[l];
   return s;
 }
-
-int64_t plane_grain(int64_t plane_size) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_size)); }
 
 // The pool's hooks (spatial_pool_cpu.h) that make it the fused op: the forward normalises and rectifies each
 // pooled value as it stores it; the backward masks each window's term by the ReLU and stores the layer norm's
@@ -88,7 +84,7 @@ void forward_impl(const scalar_t* x, scalar_t* out, index_t* indices, at::opmath
     }
   });
   const NormPoolHooks<scalar_t> hooks{mean, rstd, nullptr, nullptr, nullptr, per_sample, plane, g.oh * g.ow};
-  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, pool_cpu::plane_grain(plane), [&](int64_t begin, int64_t end) {
     pool_cpu::forward_planes(x, out, indices, begin, end, g, /*max=*/true, hooks);
   });
 }
@@ -128,12 +124,10 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* x, const scalar_t* 
     }
   });
   const NormPoolHooks<scalar_t> hooks{mean, rstd, c, x, out, per_sample, plane, per_out};
-  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, pool_cpu::plane_grain(plane), [&](int64_t begin, int64_t end) {
     pool_cpu::backward_planes(grad_out, indices, grad_in, begin, end, g, hooks);
   });
 }
-
-int64_t planes_of(const at::Tensor& t) { return t.numel() / (t.size(-2) * t.size(-1)); }
 
 void norm_pool_forward_cpu(const at::Tensor& in, at::Tensor& out, at::Tensor& indices, at::Tensor& mean,
                            at::Tensor& rstd, const Pool2dGeom& g, double eps) {

@@ -30,6 +30,11 @@
 namespace gconv_ext {
 namespace pool_cpu {
 
+// at::parallel_for grain for loops over planes of plane_size elements: about 16K elements per task.
+inline int64_t plane_grain(int64_t plane_size) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_size));
+}
+
 inline Flat flat_of(const Pool2dGeom& g) {
   Flat f;
   f.rows = (g.oh - 1) * g.sh + g.kh;

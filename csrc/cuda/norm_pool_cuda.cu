@@ -104,8 +104,6 @@ __global__ void norm_pool_backward_kernel(const scalar_t* __restrict__ grad_out,
   }
 }
 
-int64_t planes_of(const at::Tensor& t) { return t.numel() / (t.size(-2) * t.size(-1)); }
-
 void norm_pool_forward_cuda(const at::Tensor& in, at::Tensor& out, at::Tensor& indices, at::Tensor& mean,
                             at::Tensor& rstd, const Pool2dGeom& g, double eps) {
   const int64_t batch = in.size(0), per_sample = planes_of(in) / batch, m = in.numel() / batch, n = out.numel();

@@ -90,8 +90,6 @@ def group_avg_pool2d(x: torch.Tensor, kernel_size: IntOr2, stride: IntOr2 | None
     return _pool("group_avg_pool2d", x, kernel_size, stride, padding)
 
 
-# -- registration (fake kernels and autograd), only when the compiled ops exist --------------------
-
 # -- the fake kernels' shape and index checks (also used by ops/norm_pool.py) --------------------------------
 
 def out_shape(input_shape, kernel_size, stride, padding):  # csrc/spatial_pool.cpp pool_geometry()
@@ -129,6 +127,8 @@ def check_indices(indices, expected, kernel_size, device):  # csrc/spatial_pool.
         raise RuntimeError(f"gconv_ext: indices must be on the same device as the other tensors ({device}), "
                            f"got {indices.device}")
 
+
+# -- registration (fake kernels and autograd), only when the compiled ops exist --------------------
 
 def _register() -> None:
     ops = torch.ops.gconv_ext

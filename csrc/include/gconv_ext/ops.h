@@ -125,6 +125,9 @@ at::Tensor group_max_pool2d_gather_host(const SpatialPoolLaunchers& run, const a
 // (the pooled shape), the argmax taps (as group_max_pool2d_with_indices), and mean / rstd [B] in the
 // accumulation type (float32, or float64 for a float64 input).
 
+// The number of [H, W] planes of a map (the product of its leading dims).
+inline int64_t planes_of(const at::Tensor& t) { return t.numel() / (t.size(-2) * t.size(-1)); }
+
 // All tensors contiguous, outputs preallocated and non-empty.
 struct NormPoolLaunchers {
   void (*forward)(const at::Tensor& in, at::Tensor& out, at::Tensor& indices, at::Tensor& mean, at::Tensor& rstd,
