@@ -10,6 +10,7 @@
 
 #include <vector>
 
+#include "convert_cpu.h"
 #include "cpu_kernels.h"
 #include "gconv_ext/filter_transform.h"
 #include "gconv_ext/register.h"
@@ -32,14 +33,14 @@ void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t 
       const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
       for (int64_t l = 0; l < W; ++l) {  // gather: tin[(a, t), l] = in[f0 + l, a, t]
         const scalar_t* src = in + (f0 + l) * slab;
-        for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? static_cast<acc_t>(src[i]) : acc_t(0);
+        for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? widen(src[i]) : acc_t(0);
       }
       for (int64_t g = 0; g < p.order; ++g) {
         run.transform_forward(p, tin.data(), tout.data(), g, gin);
         for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci, h, o] = tout[(h, o), l]
           const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           scalar_t* dst = out + ((co * p.order + g) * c_in + ci) * slab;
-          for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
+          for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tout[i * W + l]);
         }
       }
     }
@@ -67,13 +68,13 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
             continue;
           }
           const scalar_t* src = gout + ((co * p.order + g) * c_in + ci) * slab;
-          for (int64_t i = 0; i < slab; ++i) dst[i * W] = static_cast<acc_t>(src[i]);
+          for (int64_t i = 0; i < slab; ++i) dst[i * W] = widen(src[i]);
         }
       }
       run.transform_backward(p, tg.data(), tout.data(), gin);
       for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[f0 + l, a, t]
         scalar_t* dst = gin_ptr + (f0 + l) * slab;
-        for (int64_t i = 0; i < slab; ++i) dst[i] = static_cast<scalar_t>(tout[i * W + l]);
+        for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tout[i * W + l]);
       }
     }
   });

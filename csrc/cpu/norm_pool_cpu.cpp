@@ -19,6 +19,7 @@ namespace gconv_ext {
 namespace {
 
 constexpr int kLanes = 16;
+constexpr int64_t kChunk = 64 * kLanes;  // elements per chunk of the backward sums
 
 // sum_i f(x[i]) over n elements, in kLanes interleaved partial sums.
 template <typename acc_t, typename scalar_t, typename F>
@@ -27,10 +28,10 @@ acc_t lane_sum(const scalar_t* __restrict__ x, int64_t n, const F& f) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     acc_t v[kLanes];
-    for (int l = 0; l < kLanes; ++l) v[l] = static_cast<acc_t>(x[i + l]);
+    for (int l = 0; l < kLanes; ++l) v[l] = widen(x[i + l]);
     for (int l = 0; l < kLanes; ++l) lane[l] += f(v[l]);
   }
-  for (int l = 0; i < n; ++i, ++l) lane[l] += f(static_cast<acc_t>(x[i]));
+  for (int l = 0; i < n; ++i, ++l) lane[l] += f(widen(x[i]));
   acc_t s = acc_t(0);
   for (int l = 0; l < kLanes; ++l) s += lane[l];
   return s;
@@ -52,19 +53,18 @@ struct NormPoolHooks {
   template <typename st>
   auto store(int64_t p) const {
     const acc_t mu = mean[p / per_sample], r = rstd[p / per_sample];
-    return [mu, r](acc_t v) { return static_cast<st>(norm_relu(v, mu, r)); };
+    return [mu, r](acc_t v) { return narrow<st>(norm_relu(v, mu, r)); };
   }
   auto term(int64_t p) const {
     const scalar_t* __restrict__ o = out + p * per_out;
-    return [o](int64_t i, acc_t go) { return norm_relu_grad(go, static_cast<acc_t>(o[i])); };
+    return [o](int64_t i, acc_t go) { return norm_relu_grad(go, widen(o[i])); };
   }
   auto grad(int64_t p) const {
     const int64_t b = p / per_sample;
     const acc_t mu = mean[b], r = rstd[b], c1 = c[2 * b], c2 = c[2 * b + 1];
     const scalar_t* __restrict__ xp = x + p * plane;
     return [=](int64_t q, scalar_t routed) {
-      return static_cast<scalar_t>(
-          norm_input_grad(static_cast<acc_t>(routed), static_cast<acc_t>(xp[q]), mu, r, c1, c2));
+      return narrow<scalar_t>(norm_input_grad(widen(routed), widen(xp[q]), mu, r, c1, c2));
     };
   }
 };
@@ -100,19 +100,25 @@ void backward_impl(const scalar_t* grad_out, const scalar_t* x, const scalar_t* 
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* __restrict__ go = grad_out + b * mo;
       const scalar_t* __restrict__ o = out + b * mo;
-      acc_t l1[kLanes] = {}, l2[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= mo; i += kLanes) {
-        acc_t ov[kLanes], gv[kLanes];
-        for (int l = 0; l < kLanes; ++l) ov[l] = static_cast<acc_t>(o[i + l]);
-        for (int l = 0; l < kLanes; ++l) gv[l] = norm_relu_grad(static_cast<acc_t>(go[i + l]), ov[l]);
-        for (int l = 0; l < kLanes; ++l) l1[l] += gv[l];
-        for (int l = 0; l < kLanes; ++l) l2[l] += gv[l] * ov[l];
-      }
-      for (int l = 0; i < mo; ++i, ++l) {
-        const acc_t ov = static_cast<acc_t>(o[i]), gv = norm_relu_grad(static_cast<acc_t>(go[i]), ov);
-        l1[l] += gv;
-        l2[l] += gv * ov;
+      // In chunks: the masked gradient and the output of a chunk first (a plain loop, which gcc vectorises; inside
+      // the lane loop it leaves the select scalar), then the lane sums over the chunk. Chunks start at multiples
+      // of kLanes, so element i still goes to lane i mod kLanes.
+      acc_t l1[kLanes] = {}, l2[kLanes] = {}, gm[kChunk], ov[kChunk];
+      for (int64_t c0 = 0; c0 < mo; c0 += kChunk) {
+        const int64_t n = std::min(kChunk, mo - c0);
+        for (int64_t j = 0; j < n; ++j) {
+          ov[j] = widen(o[c0 + j]);
+          gm[j] = norm_relu_grad(widen(go[c0 + j]), ov[j]);
+        }
+        int64_t j = 0;
+        for (; j + kLanes <= n; j += kLanes) {
+          for (int l = 0; l < kLanes; ++l) l1[l] += gm[j + l];
+          for (int l = 0; l < kLanes; ++l) l2[l] += gm[j + l] * ov[j + l];
+        }
+        for (int l = 0; j < n; ++j, ++l) {
+          l1[l] += gm[j];
+          l2[l] += gm[j] * ov[j];
+        }
       }
       acc_t s1 = acc_t(0), s2 = acc_t(0);
       for (int l = 0; l < kLanes; ++l) {

@@ -29,7 +29,7 @@ void gather_impl(const scalar_t* values, const index_t* indices, scalar_t* out, 
       for (int64_t oy = 0; oy < g.oh; ++oy) {
         for (int64_t ox = 0; ox < g.ow; ++ox) {
           const int64_t o = oy * g.ow + ox;
-          dst[o] = static_cast<scalar_t>(pool_tap_value<acc_t>(vals, g, oy, ox, static_cast<int64_t>(idx[o])));
+          dst[o] = narrow<scalar_t>(pool_tap_value<acc_t>(vals, g, oy, ox, static_cast<int64_t>(idx[o])));
         }
       }
     }

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "convert_cpu.h"
 #include "cpu_kernels.h"
 #include "gconv_ext/spatial_pool.h"
 
@@ -51,7 +52,7 @@ void load_tile(const scalar_t* __restrict__ plane, const Pool2dGeom& g, const Fl
   for (int64_t y = 0; y < rows; ++y) {
     const scalar_t* __restrict__ src = plane + y * g.w;
     acc_t* __restrict__ dst = tile + (y + g.ph) * t.cols + g.pw;
-    for (int64_t x = 0; x < cols; ++x) dst[x] = static_cast<acc_t>(src[x]);
+    for (int64_t x = 0; x < cols; ++x) dst[x] = widen(src[x]);
   }
 }
 
@@ -71,7 +72,7 @@ struct PlainPool {
   // forward: a max value v (acc_t) is stored as scalar_t(v)
   template <typename scalar_t>
   auto store(int64_t /*plane*/) const {
-    return [](auto v) { return static_cast<scalar_t>(v); };
+    return [](auto v) { return narrow<scalar_t>(v); };
   }
   // backward: the term of output o is grad_out's value
   auto term(int64_t /*plane*/) const {
@@ -114,14 +115,17 @@ void forward_planes(const scalar_t* in, scalar_t* out, index_t* indices, int64_t
       if (max) {
         for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = store(r[ox]);
       } else {
-        for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = static_cast<scalar_t>(r[ox] / area);
+        for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox] = narrow<scalar_t>(r[ox] / area);
       }
     }
     if (indices != nullptr) {
-      index_t* __restrict__ di = indices + p * g.oh * g.ow;
-      for (int64_t oy = 0; oy < g.oh; ++oy, di += g.ow) {
-        const idx_t* __restrict__ a = arg.data() + oy * t.pitch;
-        for (int64_t ox = 0; ox < g.ow; ++ox) di[ox] = static_cast<index_t>(a[ox]);
+      // The sizes in locals: a uint8_t store may alias anything, so a loop bound read through `g` would be
+      // reloaded after every store and the loop would not vectorise.
+      const int64_t oh = g.oh, ow = g.ow, pitch = t.pitch;
+      index_t* __restrict__ di = indices + p * oh * ow;
+      for (int64_t oy = 0; oy < oh; ++oy, di += ow) {
+        const idx_t* __restrict__ a = arg.data() + oy * pitch;
+        for (int64_t ox = 0; ox < ow; ++ox) di[ox] = static_cast<index_t>(a[ox]);
       }
     }
   }
@@ -153,11 +157,11 @@ void backward_planes(const scalar_t* grad_out, const index_t* indices, scalar_t*
       if (max) {
         idx_t* __restrict__ a = arg.data() + oy * t.pitch;
         for (int64_t ox = 0; ox < g.ow; ++ox) {
-          tr[ox] = term_of(oy * g.ow + ox, static_cast<acc_t>(go[ox]));
+          tr[ox] = term_of(oy * g.ow + ox, widen(go[ox]));
           a[ox] = static_cast<idx_t>(ix[oy * g.ow + ox]);
         }
       } else {
-        for (int64_t ox = 0; ox < g.ow; ++ox) tr[ox] = static_cast<acc_t>(go[ox]) / area;
+        for (int64_t ox = 0; ox < g.ow; ++ox) tr[ox] = widen(go[ox]) / area;
       }
     }
     std::fill(grad.begin(), grad.end(), acc_t(0));
@@ -172,7 +176,7 @@ void backward_planes(const scalar_t* grad_out, const index_t* indices, scalar_t*
         continue;
       }
       const acc_t* __restrict__ src = grad.data() + ty * t.cols + g.pw;
-      for (int64_t x = 0; x < cols; ++x) out[x] = grad_of(y * g.w + x, static_cast<scalar_t>(src[x]));
+      for (int64_t x = 0; x < cols; ++x) out[x] = grad_of(y * g.w + x, narrow<scalar_t>(src[x]));
       for (int64_t x = cols; x < g.w; ++x) out[x] = grad_of(y * g.w + x, scalar_t(0));
     }
   }
