@@ -314,6 +314,27 @@ def _opcheck_samples():
                                                         idx, k, s, p)
 
 
+def test_bfloat16_rounding_is_torchs_bit_for_bit():
+    """The CPU loops round their float results to bfloat16 with their own branch-free code (convert_cpu.h):
+    it must give torch's bits. The 2x2/2 average pool sums its taps in scan order in float and divides by 4,
+    so the same float computed here and rounded by torch must match exactly. A NaN becomes 0x7FC0, as in
+    c10::BFloat16(float) (torch's vectorised tensor cast keeps the sign and payload instead)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(3, 4, 2, 16, 16, generator=g) * 100).bfloat16()
+    x[0, 0, 0, 0, 0] = float("nan")
+    x[1, 0, 0, 2, 2] = float("inf")
+    x[1, 1, 0, 2, 2], x[1, 1, 0, 2, 3] = float("inf"), float("-inf")  # inf - inf = NaN
+    f = x.float()
+    taps = [f[..., i::2, j::2] for i in range(2) for j in range(2)]
+    expected = ((((taps[0] + taps[1]) + taps[2]) + taps[3]) / 4).bfloat16()
+    got = group_avg_pool2d(x, 2, 2)
+    nan = expected.isnan()
+    assert 0 < nan.sum() < nan.numel() and torch.equal(got.isnan(), nan)
+    assert torch.equal(got.view(torch.int16)[~nan], expected.view(torch.int16)[~nan])
+    assert (got.view(torch.int16)[nan] == 0x7FC0).all()
+
+
+
 @pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: f"{s[0]}-{len(s[1][0].shape)}d")
 def test_opcheck(sample):
     op, args = sample

@@ -2,8 +2,8 @@
 // c10::BFloat16 keeps gcc from vectorising the loops around it (the rounding branches on NaN), so bfloat16 has
 // its own two lines here: widening is a 16-bit shift of the bits, and narrowing rounds to nearest even without
 // a branch. Both give exactly the bits of c10's conversions (NaN becomes 0x7FC0, as there); every other type is
-// a static_cast. Results do not change, only the speed: test_norm_pool and test_spatial_pool compare bfloat16
-// against float64 and against the unfused ops, bit for bit where the order of operations is the same.
+// a static_cast. Results do not change, only the speed (test_spatial_pool.py's
+// test_bfloat16_rounding_is_torchs_bit_for_bit checks the rounding bit for bit, NaN included).
 #pragma once
 
 #include <ATen/OpMathType.h>
