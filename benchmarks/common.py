@@ -136,7 +136,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
 
     ``warmup`` untimed rounds (one call of each) come first. Then ``inner`` (an int, a dict per candidate,
     or ``None``: :func:`calibrate_inner` per candidate, so a block lasts >= ``min_block`` seconds; 1 without
-    calibrating when the candidate's call in the last warm-up round took that long already) is fixed;
+    calibrating when ``warmup >= 2`` and the candidate's call in the last warm-up round took that long
+    already) is fixed;
     then untimed rounds of whole blocks run until ``warmup_time`` seconds have passed (0: none; a process's
     first case can run 2x slow for the first half second: allocator, thread pool and kernel caches warming
     up), and each of ``rounds`` rounds times one block of every candidate, in the order :func:`rotation` gives.
@@ -163,8 +164,14 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
             sync()
             if w == warmup - 1:
                 last_warmup[name] = clock() - t0
-    if inner is None:  # a call of the last warm-up round that lasted a block already: no calibration needed
-        inners = {name: 1 if last_warmup.get(name, 0.0) >= min_block
+    if inner is None:
+        # A call of the last warm-up round that lasted a block already needs no calibration, but only when
+        # that was not the candidate's first call: a first call pays one-off costs (oneDNN's primitive
+        # creation, the allocator, lazy initialisation) and once made a 0.2 ms step look like a 20 ms one,
+        # which then ran one call per block, each after the other candidates had cooled the caches and the
+        # thread pool (a 2.4x "ratio" that was 1.2x with blocks of 100 calls).
+        trust_warmup = warmup >= 2
+        inners = {name: 1 if trust_warmup and last_warmup.get(name, 0.0) >= min_block
                   else calibrate_inner(fns[name], min_block, clock=clock, sync=sync) for name in names}
     elif isinstance(inner, int):
         inners = dict.fromkeys(names, inner)

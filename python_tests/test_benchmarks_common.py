@@ -119,10 +119,20 @@ def test_budget_caps_rounds_but_keeps_min_rounds():
 def test_slow_candidate_is_not_calibrated_after_warmup():
     clock = FakeClock()
     fns = {"fast": clock.fn("fast", 0.004), "slow": clock.fn("slow", 0.05)}
-    out = common.interleaved(fns, rounds=1, warmup=1, min_block=0.02, clock=clock, sync=lambda: None)
+    out = common.interleaved(fns, rounds=1, warmup=2, min_block=0.02, clock=clock, sync=lambda: None)
     assert out["slow"].inner == 1 and out["fast"].inner == 5
-    # warm-up (fast, slow), calibration of fast only (1 call, then 2: 8 ms >= 20/4 ms, scaled to 5), one round
-    assert clock.calls == ["fast", "slow"] + ["fast"] * 3 + ["fast"] * 5 + ["slow"]
+    # warm-up (fast, slow) x 2, calibration of fast only (1 call, then 2: 8 ms >= 20/4 ms, scaled to 5), a round
+    assert clock.calls == ["fast", "slow"] * 2 + ["fast"] * 3 + ["fast"] * 5 + ["slow"]
+
+
+def test_slow_first_call_does_not_fix_one_call_per_block():
+    """A candidate whose first call is slow (one-off set-up) but whose later calls are fast is calibrated,
+    not timed one call per block: with a single warm-up round that call says nothing about the steady state."""
+    clock = FakeClock()
+    fns = {"jit": clock.fn("jit", lambda n: 0.05 if n == 0 else 0.001), "plain": clock.fn("plain", 0.001)}
+    out = common.interleaved(fns, rounds=3, warmup=1, min_block=0.02, clock=clock, sync=lambda: None)
+    assert out["jit"].inner >= 20 and out["jit"].median == pytest.approx(0.001)
+    assert out["jit"].vs_baseline.median == pytest.approx(1.0)
 
 
 def test_warmup_time_runs_untimed_block_rounds_first():
