@@ -87,8 +87,7 @@ class _EquivariantConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # plain attribute: never in state_dict
-        self._cache_key: tuple | None = None
-        self._checked_signature: tuple | None = None  # the last input signature the eval path validated
+        self._cache_key: tuple | None = None  # also the last input signature the eval path validated
         self.reset_parameters()
 
     # -- initialisation -----------------------------------------------------------------------------
@@ -140,22 +139,38 @@ class _EquivariantConv(nn.Module):
         self._cache = None
         self._cache_key = None
 
-    def _cached_filter(self, device_type: str, w: torch.Tensor,
+    def _cached_filter(self, x: torch.Tensor, w: torch.Tensor,
                        b: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The expanded filter and the bias repeated over the group axis (folded into the conv, as the op does),
         in the autocast dtype when autocast is on: cast once per cache entry, not on every call. ``w`` and ``b``
         are ``self.weight`` and ``self.bias``, read once by the caller (a parameter read through
-        ``nn.Module.__getattr__`` costs about 1.7 us, several times a batch-1 eval step's budget)."""
-        cast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        key = (id(w), w.data_ptr(), w.device, w.dtype, w._version,
+        ``nn.Module.__getattr__`` costs about 1.7 us, several times a batch-1 eval step's budget).
+
+        One key, compared on every call, stands for both the validated input signature and the cache entry:
+        the input's shape, dtype and device, the weight's and bias's identity, storage, device, dtype and
+        version counter, and the autocast dtype. On a hit nothing else runs; on a miss the input is checked
+        (the training path's checks and messages) and the filter is expanded again."""
+        device = x.device
+        try:
+            cast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        except RuntimeError:  # a device type autocast does not know (meta): the input checks below say what is wrong
+            cast = None
+        # (a new device or dtype of the weight means new storage, and `.to()` clears the cache anyway)
+        key = (x.shape, x.dtype, device, id(w), w.data_ptr(), w._version,
                None if b is None else (id(b), b.data_ptr(), b._version), cast)
-        if self._cache is None or self._cache_key != key:
-            with torch.no_grad():
-                filt = self.expanded_weight().detach()
-                bias = None if b is None else b.detach().repeat_interleave(self.group.order)
-                if cast is not None and filt.dtype != cast:
-                    filt, bias = filt.to(cast), None if bias is None else bias.to(cast)
-            self._cache, self._cache_key = (filt, bias), key
+        cache = self._cache
+        if cache is not None and getattr(self, "_cache_key", None) == key:
+            return cache
+        self._check_input(x)
+        _check_conv(self._lifting, x, w, b, self.group)
+        _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding,
+                                                          self.dilation))
+        with torch.no_grad():
+            filt = self.expanded_weight().detach()
+            bias = None if b is None else b.detach().repeat_interleave(self.group.order)
+            if cast is not None and filt.dtype != cast:
+                filt, bias = filt.to(cast), None if bias is None else bias.to(cast)
+        self._cache, self._cache_key = (filt, bias), key
         return self._cache
 
     def _use_cache(self, w: torch.Tensor) -> bool:
@@ -206,30 +221,31 @@ class _EquivariantConv(nn.Module):
                              f"for {self.group.name}, got {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        # Read once, from the parameter dict: `self.weight` goes through nn.Module.__getattr__ (0.4 us a read,
+        # against a batch-1 eval step's overhead budget of about 3 us).
+        # (Not there under torch.nn.utils.parametrize, which makes `weight` a property: then the attribute.)
+        params = self._parameters
+        w = params["weight"] if "weight" in params else self.weight
+        b = params["bias"] if "bias" in params else self.bias
         if self.stride != (1, 1):
+            U.check_tensor(type(self).__name__, x)
             warn_if_inexact(self, x)
-        w, b = self.weight, self.bias  # once: each read goes through nn.Module.__getattr__
         if not self._use_cache(w):
+            self._check_input(x)
             op = _extension.compiled_op("lifting_conv2d" if self._lifting else "group_conv2d")
             if op is not None:  # the arguments were validated by the constructor: straight to the op
                 return op(x, w, b, self.group.rotations, self.group.reflections, self.disk_mask, self.stride,
                           self.padding, self.dilation)
             fn = lifting_conv2d if self._lifting else group_conv2d
             return fn(x, w, b, self.group, self.stride, self.padding, self.dilation, self.disk_mask)
-        # The same checks (and messages) as the functional op of the training path, before the plain conv; once
-        # per input signature (they depend only on shapes, dtypes and devices), not on every call.
-        device = x.device
-        signature = (x.shape, x.dtype, device, w.dtype, w.device, None if b is None else b.dtype)
-        if signature != getattr(self, "_checked_signature", None):  # (absent in modules pickled before it)
-            _check_conv(self._lifting, x, w, b, self.group)
-            _check_spatial(x, self.kernel_size, *_conv_params(self.kernel_size, self.stride, self.padding,
-                                                              self.dilation))
-            self._checked_signature = signature
-        planar = x if self._lifting else x.flatten(1, 2)
-        filt, bias = self._cached_filter(device.type, w, b)
-        out = F.conv2d(planar, filt, bias, self.stride, self.padding, self.dilation)
-        return out.unflatten(1, (self.out_channels, self.group.order))
+        # Eval without grad: one conv with the cached filter. The input is checked (as the functional op
+        # checks it) whenever the cache key, which includes the input's shape, dtype and device, changes.
+        U.check_tensor(type(self).__name__, x)
+        filt, bias = self._cached_filter(x, w, b)
+        out = F.conv2d(x if self._lifting else x.flatten(1, 2), filt, bias, self.stride, self.padding,
+                       self.dilation)
+        # view, not unflatten (a Python-level method, ~3 us): splitting one axis is always a view
+        return out.view(out.shape[0], self.out_channels, self.group.order, out.shape[2], out.shape[3])
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, group={self.group.name}")
