@@ -1,11 +1,12 @@
 // Fused lifting and group convolutions: expand the filter with the transform kernels, run the backend
 // convolution through ATen (oneDNN on CPU, cuDNN on CUDA) with the bias folded in (repeated |G| times),
 // and the explicit backward: one at::convolution_backward for the input, weight and bias gradients,
-// then the adjoint transform on the weight gradient. The expanded filter is recomputed in the backward
-// (never saved), and only when the input gradient is asked for. Device-generic: only ATen calls and the
-// transform ops (through the dispatcher, which picks
-// the backend), so the two ops and their backward ops are registered once, under CompositeExplicitAutograd;
-// their autograd and fake kernels are in gconv_ext/ops/conv.py.
+// then the adjoint transform on the weight gradient. The backward op expands the filter again, and only when the
+// input gradient is asked for; the C++ autograd (conv_autograd.cpp) instead hands it the filter the forward
+// built when that filter is small (conv_forward_direct / conv_backward_direct). Device-generic: only ATen calls
+// and the transform ops (through the dispatcher, which picks the backend), so the two ops and their backward ops
+// are registered once, under CompositeExplicitAutograd; their fake kernels, and the backward ops' autograd, are
+// in gconv_ext/ops/conv.py.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -107,7 +108,8 @@ at::Tensor planar(const ConvKind& kind, const at::Tensor& input) {
 
 at::Tensor conv_forward(const ConvKind& kind, const at::Tensor& input, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias, int64_t rotations, bool reflections, bool disk_mask,
-                        c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation) {
+                        c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+                        at::Tensor* expanded = nullptr) {
   check_conv(kind, input, weight, rotations, reflections, stride, padding, dilation);
   const int64_t order = group_order(rotations, reflections), c_out = weight.size(0);
   std::optional<at::Tensor> folded_bias;
@@ -124,6 +126,7 @@ at::Tensor conv_forward(const ConvKind& kind, const at::Tensor& input, const at:
                      input.options());
   }
   const at::Tensor w = expand_filter(kind, weight, rotations, reflections, disk_mask);
+  if (expanded != nullptr) *expanded = w;
   const std::array<c10::SymInt, 2> no_output_padding{0, 0};
   const at::Tensor out = at::convolution_symint(planar(kind, input), w, folded_bias, stride, padding, dilation,
                                                 /*transposed=*/false, no_output_padding, /*groups=*/1);
@@ -133,7 +136,7 @@ at::Tensor conv_forward(const ConvKind& kind, const at::Tensor& input, const at:
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
     const ConvKind& kind, const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
     int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
+    c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask, const at::Tensor& expanded = at::Tensor()) {
   check_conv(kind, input, weight, rotations, reflections, stride, padding, dilation);
   const int64_t order = group_order(rotations, reflections), c_out = weight.size(0);
   const int64_t oh = conv_out_size(input, weight, stride, padding, dilation, 0);
@@ -150,9 +153,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(
   }
   // The expanded filter's values are read only for the input gradient. When only the weight and bias
   // gradients are asked for (a lifting layer, whose image input needs none; the double backward's
-  // weight-only calls), the backend needs nothing but its shape: skip the transform.
-  const at::Tensor w = output_mask[0] ? expand_filter(kind, weight, rotations, reflections, disk_mask)
-                                      : at::empty(expanded_sizes(kind, weight, order), weight.options());
+  // weight-only calls), the backend needs nothing but its shape: skip the transform. The autograd may pass
+  // the filter its forward built (`expanded`): then nothing is expanded again.
+  const at::Tensor w = expanded.defined() ? expanded
+                       : output_mask[0]   ? expand_filter(kind, weight, rotations, reflections, disk_mask)
+                                          : at::empty(expanded_sizes(kind, weight, order), weight.options());
   const at::Tensor go =
       grad_out.reshape({grad_out.size(0), c_out * order, grad_out.size(3), grad_out.size(4)});
   const std::array<c10::SymInt, 1> bias_sizes{c_out * order};
@@ -193,6 +198,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_kernel(
 }
 
 }  // namespace
+
+at::Tensor conv_forward_direct(bool lifting, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t rotations, bool reflections,
+                               bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+                               c10::SymIntArrayRef dilation, at::Tensor* expanded) {
+  return conv_forward(lifting ? kLifting : kGroup, input, weight, bias, rotations, reflections, disk_mask, stride,
+                      padding, dilation, expanded);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_direct(
+    bool lifting, const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& expanded, int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask) {
+  if (expanded.defined()) {
+    const int64_t order = group_order(rotations, reflections);
+    const auto want = expanded_sizes(lifting ? kLifting : kGroup, weight, order);
+    TORCH_CHECK(expanded.sizes() == at::IntArrayRef(want) && expanded.scalar_type() == weight.scalar_type() &&
+                    expanded.device() == weight.device(),
+                "gconv_ext: internal error: the kept expanded filter does not match the weight");
+  }
+  return conv_backward(lifting ? kLifting : kGroup, grad_out, input, weight, rotations, reflections, disk_mask, stride,
+                       padding, dilation, output_mask, expanded);
+}
 
 TORCH_LIBRARY_IMPL(gconv_ext, CompositeExplicitAutograd, m) {
   m.impl("lifting_conv2d", &conv_forward_kernel<kLifting>);

@@ -408,7 +408,8 @@ def test_autocast_cpu_bfloat16(lifting):
 @pytest.mark.parametrize("input_grad", [False, True])
 def test_backward_expands_the_filter_only_for_the_input_gradient(input_grad):
     # The weight and bias gradients need only the expanded filter's shape: a lifting layer (whose images need
-    # no gradient) runs the transform once per step, in the forward.
+    # no gradient) runs the transform once per step, in the forward. With an input gradient, a small filter
+    # expanded by the forward is kept for the backward: again one transform per step.
     from collections import Counter  # noqa: PLC0415
 
     from torch.profiler import profile  # noqa: PLC0415
@@ -418,7 +419,7 @@ def test_backward_expands_the_filter_only_for_the_input_gradient(input_grad):
     with profile() as prof:
         lifting_conv2d(x, w, b, "C8").sum().backward()
     calls = Counter(e.name for e in prof.events())
-    assert calls["gconv_ext::lift_filter"] == (2 if input_grad else 1)
+    assert calls["gconv_ext::lift_filter"] == 1
     assert calls["gconv_ext::lift_filter_backward"] == 1
     # the same gradients as the reference (float64: sums of <= 12*12*8 terms of size ~10 round far below 1e-9)
     xr, wr, br = (t.detach().clone().requires_grad_(t.requires_grad) for t in (x, w, b))
@@ -426,6 +427,34 @@ def test_backward_expands_the_filter_only_for_the_input_gradient(input_grad):
     torch.testing.assert_close(w.grad, wr.grad, rtol=0, atol=1e-9)
     if input_grad:
         torch.testing.assert_close(x.grad, xr.grad, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("lifting", [True, False])
+def test_large_filters_are_expanded_again_not_kept(lifting):
+    """The forward keeps its expanded filter only when it is at most the input's size or 2^21 elements
+    (csrc/conv_autograd.cpp keep_expanded): a larger one is expanded again by the backward, and the gradients
+    are the same either way."""
+    from collections import Counter  # noqa: PLC0415
+
+    from torch.profiler import profile  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    transform = "gconv_ext::lift_filter" if lifting else "gconv_ext::group_filter"
+    # expanded: lifting [128*8, 32, 9, 9] = 2.65M elements, group [32*8, 16*8, 9, 9] = 2.65M, both > 2^21
+    # and > the input's 32*14*14 = 6,272 / 16*8*14*14 = 25,088 elements
+    for c_out, small in ((128 if lifting else 32, False), (2, True)):
+        x = (torch.randn(1, 32, 14, 14) if lifting else torch.randn(1, 16, 8, 14, 14)).requires_grad_()
+        w = torch.randn((c_out, 32, 9, 9) if lifting else (c_out, 16, 8, 9, 9), requires_grad=True)
+        op = lifting_conv2d if lifting else group_conv2d
+        with profile() as prof:
+            y = op(x, w, None, "C8")
+            y.backward(torch.ones_like(y))
+        assert Counter(e.name for e in prof.events())[transform] == (1 if small else 2), (c_out, small)
+        gx, gw = x.grad.clone(), w.grad.clone()
+        x.grad = w.grad = None
+        (gx2, gw2) = torch.autograd.grad(op(x, w, None, "C8"), (x, w), torch.ones_like(y), create_graph=True)
+        torch.testing.assert_close(gx, gx2, rtol=0, atol=0)  # the op path (create_graph) expands again: same bits
+        torch.testing.assert_close(gw, gw2, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("lifting", [True, False])

@@ -147,4 +147,17 @@ at::Tensor norm_relu_max_pool_backward_host(const NormPoolLaunchers& run, const 
                                             const at::Tensor& rstd, at::IntArrayRef kernel_size,
                                             at::IntArrayRef stride, at::IntArrayRef padding);
 
+// ---- fused lifting / group convolutions (conv.cpp), for their C++ autograd (conv_autograd.cpp) -----------
+// The registered kernels of lifting_conv2d / group_conv2d and their backward ops, callable directly: the
+// forward can hand back the expanded filter it built (`expanded`, may be null), and the backward can take one
+// (`expanded` defined) instead of expanding the filter again.
+at::Tensor conv_forward_direct(bool lifting, const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t rotations, bool reflections,
+                               bool disk_mask, c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+                               c10::SymIntArrayRef dilation, at::Tensor* expanded);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_direct(
+    bool lifting, const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& expanded, int64_t rotations, bool reflections, bool disk_mask, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, std::array<bool, 3> output_mask);
+
 }  // namespace gconv_ext
