@@ -1,5 +1,5 @@
 """Training step of the study's GCNN (default C4/4/16, batch 32), every variant timed in the same
-interleaved rounds (:func:`common.interleaved`: rotating order, blocks >= 20 ms), fp32 and under
+interleaved rounds (:func:`common.interleaved`: rotating order, blocks >= 0.25 s), fp32 and under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``. Ratios are medians of the per-round ratios, with their
 interquartile range (IQR) and min-max.
 
@@ -184,7 +184,8 @@ def main() -> None:
     p.add_argument("--unfused-glue", action="store_true",
                    help="add ours with model.fuse_glue = False (LayerNorm, ReLU and max pool as three ops), to "
                         "measure the fused operator ours uses")
-    add_interleave_flags(p, rounds=15, warmup=2)
+    # blocks of >= 0.25 s: 4-8 steps each (one 40-70 ms step per block gave per-round fractions spread over 0.5-1.2)
+    add_interleave_flags(p, rounds=15, warmup=2, min_block=0.25)
     args = p.parse_args()
     model = gcnn_preset(args.preset)
     setup_run(args.threads, "cpu", f"GCNN {args.preset} ({count_parameters(model):,} parameters), batch "

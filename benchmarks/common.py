@@ -204,7 +204,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int = 7, warmup: i
     return {name: Stats(s.name, s.inner, s.per_round, s.time, ratio(s, base)) for name, s in stats.items()}
 
 
-def add_interleave_flags(p: argparse.ArgumentParser, rounds: int, warmup: int = 1) -> argparse.ArgumentParser:
+def add_interleave_flags(p: argparse.ArgumentParser, rounds: int, warmup: int = 1,
+                         min_block: float = 0.02) -> argparse.ArgumentParser:
     """``--rounds`` (interleaved rounds per case), ``--warmup`` (untimed rounds) and ``--min-block``
     (seconds a timed block lasts at least: fast calls are repeated inside it)."""
     p.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=rounds,
@@ -212,7 +213,7 @@ def add_interleave_flags(p: argparse.ArgumentParser, rounds: int, warmup: int = 
     p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first (default %(default)s)")
     p.add_argument("--warmup-time", type=float, default=0.5,
                    help="then untimed rounds of whole blocks for this many seconds per case (default %(default)s)")
-    p.add_argument("--min-block", type=float, default=0.02,
+    p.add_argument("--min-block", type=float, default=min_block,
                    help="seconds a timed block lasts at least (default %(default)s)")
     return p
 
