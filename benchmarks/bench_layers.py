@@ -11,6 +11,8 @@ Candidates (all in the same rounds, each in fp32 and bf16 autocast):
           no_grad: the module's cached expanded filter.
 * floor:  one ``F.conv2d`` on the planar input (``[B, C_in(*|G|), H, W]``, made once) with the expanded filter
           precomputed once (``layer.expanded_weight()``), a leaf like the layer's weight.
+* nn.Conv2d: torch's own ``nn.Conv2d`` module holding the same expanded filter as its weight: what a module
+          call costs over the bare function in torch itself (the floor for any ``nn.Module`` layer).
 * study:  (``--study``) the study's layer: filter expanded with affine_grid + grid_sample on every forward,
           then ``F.conv2d``.
 * e2cnn:  e2cnn's ``R2Conv`` with regular fields (lifting: trivial input fields), only when e2cnn is
@@ -42,6 +44,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import add_interleave_flags, interleaved, print_table, setup_run  # noqa: E402
@@ -104,6 +107,9 @@ class Case:
         self.layer = cls(cin, cout, k, g, padding=self.pad, bias=False)
         self.w_exp = self.layer.expanded_weight().detach().clone().requires_grad_()
         self.w_base = self.layer.weight.detach().clone().requires_grad_()
+        self.torch_conv = nn.Conv2d(self.w_exp.shape[1], self.w_exp.shape[0], k, padding=self.pad, bias=False)
+        with torch.no_grad():
+            self.torch_conv.weight.copy_(self.w_exp)
         self.r2 = None
         if use_e2cnn:
             key = (kind, cin, cout, n, k)
@@ -150,6 +156,7 @@ class Case:
             if mode == "train":
                 fns[f"ours {pr}"] = train_fn(self.layer, x, [self.layer.weight, *group_input], pr)
                 fns[f"floor {pr}"] = train_fn(self.floor, xp, [self.w_exp, *group_planar], pr)
+                fns[f"nn.Conv2d {pr}"] = train_fn(self.torch_conv, xp, [self.torch_conv.weight, *group_planar], pr)
                 if study:
                     fns[f"study {pr}"] = train_fn(self.study, xp, [self.w_base, *group_planar], pr)
                 if self.r2 is not None:
@@ -157,6 +164,7 @@ class Case:
             else:
                 fns[f"ours {pr}"] = eval_fn(self.layer, x, pr)
                 fns[f"floor {pr}"] = eval_fn(self.floor, xp, pr)
+                fns[f"nn.Conv2d {pr}"] = eval_fn(self.torch_conv, xp, pr)
                 if study:
                     fns[f"study {pr}"] = eval_fn(self.study, xp, pr)
                 if self.r2 is not None:
@@ -165,6 +173,7 @@ class Case:
 
     def set_mode(self, mode: str) -> None:
         self.layer.train(mode == "train")
+        self.torch_conv.train(mode == "train")
         if self.r2 is not None:
             self.r2.train(mode == "train")
 
@@ -262,9 +271,10 @@ def main() -> None:
             if k_ == kind and b == batch and m == mode:
                 r32 = s["ours fp32"].ratio(s["floor fp32"])
                 r16 = s["ours bf16"].ratio(s["floor bf16"])
+                module32 = s["nn.Conv2d fp32"].ratio(s["floor fp32"])
                 t_rows.append([label, f"C{n}", f"<= {bound}x", r32.fmt(), "yes" if r32.median <= bound else "NO",
-                               r16.fmt()])
-    print_table(["case", "group", "target", "fp32", "met (fp32)", "bf16"], t_rows)
+                               r16.fmt(), module32.fmt()])
+    print_table(["case", "group", "target", "fp32", "met (fp32)", "bf16", "torch nn.Conv2d / floor, fp32"], t_rows)
 
     if not args.no_pool:
         batch = max(args.batches)

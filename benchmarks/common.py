@@ -252,11 +252,13 @@ def base_parser(description: str | None, rounds: int, device: bool = True, warmu
 
 
 def setup_run(threads: int, device: str = "cpu", details: str = "") -> None:
-    """Set the thread count and print what every figure must be read with: the CPU (or GPU) model, threads,
-    torch version, whether the compiled extension is in use, and the run's own settings."""
+    """Set the thread count, tune glibc's malloc as the CLI does (:func:`gconv_ext.tune_malloc`), and print what
+    every figure must be read with: the CPU (or GPU) model, threads, torch version, whether the compiled
+    extension is in use, whether malloc is tuned, and the run's own settings."""
     torch.set_num_threads(threads)
+    tuned = gconv_ext.tune_malloc()  # as the CLI does (GCONV_EXT_TUNE_MALLOC=0: glibc's defaults)
     where = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else cpu_model()
     info = gconv_ext.build_info()
     print(f"{where}; {threads} threads; device {device}; torch {torch.__version__}; "
           f"compiled={info['compiled']}" + (f" (CPU loops: {info['cpu_capability']})" if info["compiled"] else "")
-          + (f"; {details}" if details else ""))
+          + f"; malloc tuned={'yes' if tuned else 'no'}" + (f"; {details}" if details else ""))

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gconv_ext.analysis.report import write_text  # noqa: E402
 from gconv_ext.io import write_json  # noqa: E402
+from gconv_ext.malloc import tune_malloc  # noqa: E402
 from gconv_ext.train import TrainConfig, train  # noqa: E402
 from gconv_ext.train.evaluate import evaluate_checkpoint  # noqa: E402
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     b = BUDGETS[args.budget]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gconv_ext.analysis.report import markdown_table, write_csv, write_text  # noqa: E402
 from gconv_ext.data import load_mnist, normalize, rotate  # noqa: E402
+from gconv_ext.malloc import tune_malloc  # noqa: E402
 from gconv_ext.models import ien_loss  # noqa: E402
 from gconv_ext.train import TrainConfig, accuracy, fit  # noqa: E402
 from gconv_ext.train.datasets import TrainData  # noqa: E402
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     torch.set_num_threads(1)
     b = BUDGETS[args.budget]
     xtr, ytr = load_mnist("train", args.data_dir)

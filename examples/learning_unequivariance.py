@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gconv_ext.analysis import LN2, learn_unequivariance
 from gconv_ext.analysis.report import save_figure, write_csv, write_text
+from gconv_ext.malloc import tune_malloc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/unequivariance"))
     args = ap.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     torch.set_num_threads(1)
     losses = {s: learn_unequivariance(s, args.steps, args.images, args.channels, args.lr, seed=args.seed,
                                       out_dir=args.out / f"size{s}")

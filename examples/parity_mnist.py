@@ -44,6 +44,7 @@ from gconv_ext.analysis.report import markdown_table, save_figure, write_csv, wr
 from gconv_ext.cli import positive_int, seed_list  # noqa: E402
 from gconv_ext.data import load_mnist  # noqa: E402
 from gconv_ext.io import write_json  # noqa: E402
+from gconv_ext.malloc import tune_malloc  # noqa: E402
 from gconv_ext.train.config import add_config_arguments, config_overrides  # noqa: E402
 
 #: The engine's options this script takes (gconv_ext.train.config.TrainConfig fields).
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch CPU threads per process (1 is fastest for these tiny models)")
     add_config_arguments(ap, only=ENGINE_OPTIONS)
     args = ap.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     options = config_overrides(args, ENGINE_OPTIONS)
 
     rows_by_seed: dict[int, list[dict]] = {}

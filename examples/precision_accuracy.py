@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gconv_ext.analysis.report import markdown_table, mean_std, write_csv, write_text
 from gconv_ext.cli import seed_list
+from gconv_ext.malloc import tune_malloc
 from gconv_ext.train import TrainConfig, train
 from gconv_ext.train.evaluate import evaluate_checkpoint
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     budget = f"{args.train_limit:,} training digits, {args.epochs} epochs"

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from gconv_ext.cli import seed_list  # noqa: E402
 from gconv_ext.experiments.radio import (SWEEP_GROUPS, ConfigError, load_config, run_config,  # noqa: E402
                                          run_seeds, run_sweep)
+from gconv_ext.malloc import tune_malloc  # noqa: E402
 from gconv_ext.models.lenet import group_name_from_base, lenet_group_name  # noqa: E402
 from gconv_ext.train.config import add_config_arguments, config_overrides  # noqa: E402
 
@@ -124,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     options = config_overrides(args, ENGINE_OPTIONS)
     if args.threads:
         torch.set_num_threads(args.threads)

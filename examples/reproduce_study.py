@@ -33,6 +33,7 @@ import torch
 
 from gconv_ext.analysis.report import markdown_table, mean_std, write_csv, write_text
 from gconv_ext.cli import seed_list
+from gconv_ext.malloc import tune_malloc
 from gconv_ext.train import TrainConfig, train
 from gconv_ext.train.evaluate import evaluate_checkpoint, plot_per_angle, write_results_table
 from gconv_ext.viz import visualize_checkpoint
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     budget = BUDGETS[args.budget]
     seeds = args.seeds or ([0, 1, 2] if args.budget == "full" else [0])
     out = Path(args.out_dir or f"runs/study-{args.budget}")

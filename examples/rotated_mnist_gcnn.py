@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gconv_ext.analysis.report import markdown_table, mean_std, write_csv, write_text
 from gconv_ext.cli import seed_list
+from gconv_ext.malloc import tune_malloc
 from gconv_ext.train import TrainConfig, train
 from gconv_ext.train.evaluate import evaluate_checkpoint
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-augment", action="store_true",
                    help="train on the substitute's rotated digits as they are (no extra rotation per epoch)")
     args = p.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     b = dict(BUDGETS[args.budget])
     if args.epochs is not None:
         b["epochs"] = args.epochs

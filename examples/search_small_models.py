@@ -23,6 +23,7 @@ from pathlib import Path
 from gconv_ext.analysis.report import markdown_table, mean_std, write_csv, write_text
 from gconv_ext.cli import seed_list
 from gconv_ext.groups import group_from_name
+from gconv_ext.malloc import tune_malloc
 from gconv_ext.models import gcnn_parameter_count
 from gconv_ext.train import TrainConfig, train
 from gconv_ext.train.evaluate import evaluate_checkpoint
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=seed_list, default=None, help="seeds of the final stage (default 0,1,2)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
+    tune_malloc()  # reuse freed activations instead of faulting them in every step (gconv_ext/malloc.py)
     out = Path(args.out_dir)
     cands = candidates()
     if args.stage in ("search", "smoke"):

@@ -4,6 +4,7 @@ Tensor layout of group feature maps: ``(B, C, |G|, H, W)``, plain tensors.
 """
 from . import groups, nn, ops
 from ._extension import build_info
+from .malloc import tune_malloc
 from .groups import CyclicGroup, DihedralGroup, Group, group_from_name
 from .ops import group_filter, lift_filter
 
@@ -17,6 +18,7 @@ __all__ = [
     "lift_filter",
     "group_filter",
     "build_info",
+    "tune_malloc",
     "groups",
     "ops",
     "nn",

@@ -78,6 +78,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="cache folder of the rotated-MNIST substitute (default: $GCONV_EXT_CACHE_DIR or "
                         "<repo>/data_cache)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="keep glibc's malloc defaults (by default the command sets mallopt thresholds so that "
+                        "freed activations are reused instead of mapped afresh every step: gconv_ext.tune_malloc)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "table":
         return _cmd_table(parser, args)
     _check_data_dir(parser, args)
+    if not getattr(args, "no_tune_malloc", False):  # (the commands without _add_common: tuned)
+        from gconv_ext.malloc import tune_malloc  # noqa: PLC0415
+
+        tune_malloc()
     try:
         if args.command == "train":
             return _cmd_train(parser, args)

@@ -7,6 +7,11 @@ Layout of group feature maps: ``(B, C, |G|, H, W)``.
 
 The output at group slice ``g`` is the correlation with the filter transformed by ``g``; rotating
 (reflecting) the input by ``g`` rotates the output and moves group slice ``h`` to ``g h``.
+
+Memory: for the backward, a training forward saves the input and the weight, and also the expanded filter
+(``[C_out * |G|, C_in (* |G|), k, k]``) when the input needs a gradient and that filter is no larger than the
+input or than 2^21 elements (8 MB in float32); the backward then does not expand the weight again. A larger
+filter is expanded again in the backward instead of kept.
 """
 from __future__ import annotations
 
