@@ -155,9 +155,8 @@ class _EquivariantConv(nn.Module):
             cast = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         except RuntimeError:  # a device type autocast does not know (meta): the input checks below say what is wrong
             cast = None
-        # (a new device or dtype of the weight means new storage, and `.to()` clears the cache anyway)
-        key = (x.shape, x.dtype, device, id(w), w.data_ptr(), w._version,
-               None if b is None else (id(b), b.data_ptr(), b._version), cast)
+        key = (x.shape, x.dtype, device, id(w), w.data_ptr(), w.device, w.dtype, w._version,
+               None if b is None else (id(b), b.data_ptr(), b.device, b.dtype, b._version), cast)
         cache = self._cache
         if cache is not None and getattr(self, "_cache_key", None) == key:
             return cache
