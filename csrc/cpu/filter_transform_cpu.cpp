@@ -32,19 +32,30 @@ struct NoTile {
 template <typename scalar_t, typename acc_t>
 using ReducedTile = std::conditional_t<kReduced<scalar_t, acc_t>, std::vector<scalar_t>, NoTile>;
 
+// The n-element result tile the scatter reads: `tout` rounded into `nt` for the reduced types, `tout` itself
+// otherwise. The scatter's narrow() is then a plain copy for the reduced types, and the same loop serves both.
+template <typename scalar_t, typename acc_t>
+const auto* scatter_source(const std::vector<acc_t>& tout, ReducedTile<scalar_t, acc_t>& nt, int64_t n) {
+  if constexpr (kReduced<scalar_t, acc_t>) {
+    narrow_n(tout.data(), nt.data(), n);
+    return static_cast<const scalar_t*>(nt.data());
+  } else {
+    return tout.data();
+  }
+}
+
 // The lanes run over W consecutive filters f = co * c_in + ci of the flattened [C_out * C_in] axis (not over
 // input channels only): every filter shares the plan, and a lifting layer's C_in = 1 fills all W lanes.
 template <typename scalar_t>
 void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t c_out, int64_t c_in, int64_t gin) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
-  constexpr bool reduced = kReduced<scalar_t, acc_t>;
   const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;  // one filter: gin * kk taps
   const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tin(slab * W), tout(slab * W);
-    [[maybe_unused]] ReducedTile<scalar_t, acc_t> nt(slab * W);  // the result tile in scalar_t (bf16 / fp16 only)
+    ReducedTile<scalar_t, acc_t> nt(slab * W);  // the result tile in scalar_t (bf16 / fp16 only)
     for (int64_t b = begin; b < end; ++b) {
       const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
       for (int64_t l = 0; l < W; ++l) {  // gather: tin[(a, t), l] = in[f0 + l, a, t]
@@ -53,15 +64,11 @@ void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t 
       }
       for (int64_t g = 0; g < p.order; ++g) {
         run.transform_forward(p, tin.data(), tout.data(), g, gin);
-        if constexpr (reduced) narrow_n(tout.data(), nt.data(), slab * W);
+        const auto* tile = scatter_source<scalar_t>(tout, nt, slab * W);
         for (int64_t l = 0; l < nl; ++l) {  // scatter: out[co, g, ci, h, o] = tout[(h, o), l]
           const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           scalar_t* dst = out + ((co * p.order + g) * c_in + ci) * slab;
-          if constexpr (reduced) {
-            for (int64_t i = 0; i < slab; ++i) dst[i] = nt[i * W + l];
-          } else {
-            for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tout[i * W + l]);
-          }
+          for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tile[i * W + l]);
         }
       }
     }
@@ -73,13 +80,12 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
                    int64_t gin) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int W = lanes_for<acc_t>();
-  constexpr bool reduced = kReduced<scalar_t, acc_t>;
   const CpuKernelSet<acc_t>& run = cpu_kernels().get<acc_t>();
   const int64_t kk = p.kk, slab = gin * kk;
   const int64_t filters = c_out * c_in, blocks = (filters + W - 1) / W;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tg(p.order * slab * W), tout(slab * W);
-    [[maybe_unused]] ReducedTile<scalar_t, acc_t> nt(slab * W);  // the result tile in scalar_t (bf16 / fp16 only)
+    ReducedTile<scalar_t, acc_t> nt(slab * W);  // the result tile in scalar_t (bf16 / fp16 only)
     for (int64_t b = begin; b < end; ++b) {
       const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
       for (int64_t g = 0; g < p.order; ++g) {  // gather: tg[(g, h, o), l] = grad_out[co, g, ci, h, o]
@@ -95,14 +101,10 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
         }
       }
       run.transform_backward(p, tg.data(), tout.data(), gin);
-      if constexpr (reduced) narrow_n(tout.data(), nt.data(), slab * W);
+      const auto* tile = scatter_source<scalar_t>(tout, nt, slab * W);
       for (int64_t l = 0; l < nl; ++l) {  // scatter: grad_in[f0 + l, a, t]
         scalar_t* dst = gin_ptr + (f0 + l) * slab;
-        if constexpr (reduced) {
-          for (int64_t i = 0; i < slab; ++i) dst[i] = nt[i * W + l];
-        } else {
-          for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tout[i * W + l]);
-        }
+        for (int64_t i = 0; i < slab; ++i) dst[i] = narrow<scalar_t>(tile[i * W + l]);
       }
     }
   });
