@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 
-__all__ = ["tune_malloc", "malloc_tuned"]
+__all__ = ["tune_malloc"]
 
 # mallopt parameter numbers (glibc <malloc.h>)
 _M_TRIM_THRESHOLD = -1
@@ -39,8 +39,6 @@ _M_MMAP_THRESHOLD = -3
 # batch of 2048 are 350 MB; a 256 MiB threshold gave 1503 images/s there, against 1726-1740 with 1 GiB).
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = (1 << 31) - 1  # keep up to 2 GiB of freed memory at the top of the heap (the most mallopt takes)
-
-_tuned = False
 
 
 def _int_arg(name: str, value) -> int:
@@ -54,7 +52,6 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     """Make glibc keep and reuse freed memory (see the module docstring). Returns True when both settings
     took effect. Returns False, and changes nothing, when ``GCONV_EXT_TUNE_MALLOC=0`` or when the C library
     is not glibc. Calling it again is harmless."""
-    global _tuned
     mmap_threshold = _int_arg("mmap_threshold", mmap_threshold)
     trim_threshold = _int_arg("trim_threshold", trim_threshold)
     if os.environ.get("GCONV_EXT_TUNE_MALLOC", "1").strip() == "0":
@@ -68,10 +65,4 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
     ok = mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1 and ok
-    _tuned = _tuned or ok
     return ok
-
-
-def malloc_tuned() -> bool:
-    """Whether :func:`tune_malloc` has taken effect in this process."""
-    return _tuned

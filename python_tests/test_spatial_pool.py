@@ -334,7 +334,6 @@ def test_bfloat16_rounding_is_torchs_bit_for_bit():
     assert (got.view(torch.int16)[nan] == 0x7FC0).all()
 
 
-
 @pytest.mark.parametrize("sample", list(_opcheck_samples()), ids=lambda s: f"{s[0]}-{len(s[1][0].shape)}d")
 def test_opcheck(sample):
     op, args = sample
