@@ -80,9 +80,10 @@ def _transform_cases():
 
 def _pool_cases():
     g = torch.Generator().manual_seed(1)
-    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        # with padding (a padded tile), without (the plane is its own tile), strided, and neither
         for k, s, p in (((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((5, 3), (2, 1), (2, 1)),
-                        ((2, 2), (1, 1), (0, 0))):
+                        ((2, 2), (1, 1), (0, 0)), ((3, 3), (1, 1), (0, 0))):
             x = torch.randn(2, 3, 4, 11, 13, generator=g).to(dtype)
             x[0, 0, 0, 1, 1] = float("nan")
             x[1, 2, 3, 4:6, 4:6] = float("-inf")
@@ -102,6 +103,10 @@ def _run_all():
                 ops.group_max_pool2d_gather(x * 3, idx, k, s, p)]
         y = ops.group_avg_pool2d(x, k, s, p)
         out += [y, ops.group_avg_pool2d_backward(go, list(x.shape), k, s, p)]
+        # the fused layer norm + ReLU + max pool, forward and backward
+        y, idx, mean, rstd = ops.group_layer_norm_relu_max_pool2d(x, k, s, p, 1e-5)
+        out += [y, idx, mean, rstd,
+                ops.group_layer_norm_relu_max_pool2d_backward(go, x, y, idx, mean, rstd, k, s, p)]
     return out
 
 
@@ -145,4 +150,7 @@ def test_wide_instructions_only_in_the_variants() -> None:
     if any("gconv_ext::cpu_avx2::" in f for f in dis.split("\n") if f.endswith(">:")):
         assert any("cpu_avx2::" in f and "transform_forward" in f for f in ymm)
         assert any("cpu_avx512::" in f and "transform_forward" in f for f in zmm)
-        assert any("cpu_avx512::" in f and "pool_max" in f for f in zmm)
+        assert any("cpu_avx512::" in f and "max_flat" in f for f in zmm)
+        # the pools' plane loops, bfloat16 conversions included, are the variants' own too
+        assert any("cpu_avx512::" in f and "pool_forward<c10::BFloat16" in f for f in zmm)
+        assert any("cpu_avx512::" in f and "norm_pool_backward<c10::BFloat16" in f for f in zmm)

@@ -299,6 +299,25 @@ def test_gcnn_fused_forward_equals_module_by_module(train):
             torch.testing.assert_close(a, b, atol=1e-9 * b.abs().max().item(), rtol=0)
 
 
+def test_gcnn_bf16_autocast_fused_step_matches_module_by_module():
+    # bfloat16 autocast fuses too: the fused op rounds the normalised maximum once, the three ops round every
+    # normalised value and then take the maximum, which is the same value (rounding is monotone); only the
+    # routing of tied maxima may differ. Outputs and gradients agree to bfloat16's precision.
+    model, x = _gcnn_pair(torch.float32)
+    outs, grads = [], []
+    for fuse in (True, False):
+        model.fuse_glue = fuse
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+        outs.append(out.float())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], atol=0.02 * outs[1].abs().max().item(), rtol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=0.05 * b.abs().max().item(), rtol=0)
+
+
 def test_gcnn_hooks_see_every_module():
     model, x = _gcnn_pair()
     seen = []
@@ -352,11 +371,11 @@ def test_cuda_gradgradcheck():
 
 
 def test_gcnn_fuses_only_where_measured_faster():
-    # fp32 / fp64 on the CPU; bfloat16 (autocast) runs torch's LayerNorm, which is faster there
+    # fp32 / fp64 / bfloat16 (autocast) on the CPU; float16 (unmeasured) runs the three ops
     model, x = _gcnn_pair(torch.float32)
-    for autocast, want in ((False, 2), (True, None)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+    for dtype, want in ((None, 2), (torch.bfloat16, 2), (torch.float16, None)):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
                 torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             model(x)
         counts = {e.key: e.count for e in prof.key_averages()}
-        assert counts.get("gconv_ext::group_layer_norm_relu_max_pool2d") == want
+        assert counts.get("gconv_ext::group_layer_norm_relu_max_pool2d") == want, dtype

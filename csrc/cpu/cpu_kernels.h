@@ -1,15 +1,17 @@
 // The CPU's hot loops, compiled once per instruction set and picked at run time (as ATen builds its CPU
 // kernels once per capability).
 //
-// cpu_kernels.inc holds the loops; kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp compile it
+// cpu_kernels.inc holds the loops (the filter transforms' lane tiles; pool_planes.inc, which it includes: the
+// whole plane loops of the pools and of the fused layer norm + ReLU + max pool, conversions to and from
+// bfloat16 / half included); kernels_default.cpp, kernels_avx2.cpp and kernels_avx512.cpp compile it
 // with the baseline flags, `#pragma GCC target("avx2")` and `#pragma GCC target("avx512f,...")`, each into its
 // own namespace (gconv_ext::cpu_default, cpu_avx2, cpu_avx512), and fill a CpuKernels table. No -march flag is
 // ever set, so the library runs on any x86-64 CPU; cpu_capability.cpp asks the CPU (cpuid) once and hands out
 // the best table it supports. The AVX variants exist only where the compiler is GCC on x86-64; elsewhere
 // (aarch64, clang, MSVC) the default variant is the only one, and it is the portable path.
 //
-// Every variant evaluates the same per-element arithmetic (filter_transform.h, spatial_pool.h) on the same
-// lane tiles in the same order, without FP contraction (-ffp-contract=off), so results are bit-identical
+// Every variant evaluates the same per-element arithmetic (filter_transform.h, spatial_pool.h, norm_pool.h,
+// convert_cpu.h) on the same tiles in the same order, without FP contraction (-ffp-contract=off), so results are bit-identical
 // whichever variant runs (tested: python_tests/test_cpu_capability.py). The wider instruction sets change
 // speed only.
 //
@@ -19,12 +21,19 @@
 // disassembles the built library and checks that no other function touches a ymm / zmm register.
 #pragma once
 
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
+#include "convert_cpu.h"
 #include "gconv_ext/filter_transform.h"
+#include "gconv_ext/norm_pool.h"
 #include "gconv_ext/spatial_pool.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -93,7 +102,7 @@ struct TileGrouped {  // (g, h, o) of a lane-minor grad_out tile
   }
 };
 
-// The pooling tile of one [H, W] plane (spatial_pool_cpu.cpp explains the flat index).
+// The pooling tile of one [H, W] plane (pool_planes.inc explains the flat index).
 struct Flat {
   int64_t rows, cols;  // the tile: (OH - 1) s_h + k_h rows, C = (OW - 1) s_w + k_w rounded up to a multiple of s_w
   int64_t pitch;       // P = s_h C / s_w: flat index f = oy * P + ox, window f starts at tile element f * s_w
@@ -101,26 +110,79 @@ struct Flat {
   int64_t size() const { return rows * cols; }
 };
 
-// The loops of one accumulation type (float for float / half / bfloat16 inputs, double for double).
+inline Flat flat_of(const Pool2dGeom& g) {
+  Flat f;
+  f.rows = (g.oh - 1) * g.sh + g.kh;
+  f.cols = ((g.ow - 1) * g.sw + g.kw + g.sw - 1) / g.sw * g.sw;
+  f.pitch = g.sh * f.cols / g.sw;
+  f.count = (g.oh - 1) * f.pitch + g.ow;
+  return f;
+}
+
+// at::parallel_for grain for loops over planes of plane_size elements: about 16K elements per task.
+inline int64_t plane_grain(int64_t plane_size) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_size));
+}
+
+// The filter transforms of one accumulation type (float for float / half / bfloat16 inputs, double for double),
+// one block of W = lanes_for<acc_t>() filters in lane-minor tiles:
 template <typename acc_t>
 struct CpuKernelSet {
-  // Filter transforms, one block of W = lanes_for<acc_t>() filters in lane-minor tiles:
   // forward, output group element g: tout[(h, o), l] = sum_e w_e tin[(src slice, src_e), l]  (h < gin, o < kk)
   void (*transform_forward)(const PlanView& p, const acc_t* tin, acc_t* tout, int64_t g, int64_t gin);
   // backward: tout[(a, t), l] = sum_e w_e tg[(g_e, g_e a, o_e), l]  (a < gin, t < kk)
   void (*transform_backward)(const PlanView& p, const acc_t* tg, acc_t* tout, int64_t gin);
-  // Spatial pooling on one padded tile: the max of every window (and its argmax tap when arg is not null;
-  // arg holds the first in-plane taps on entry), the sum of every window, and the backward's tap passes
-  // (grad += term routed to the argmax tap, or to every tap when arg is null: avg).
-  void (*pool_max)(const acc_t* tile, const Pool2dGeom& g, const Flat& t, acc_t* best, tap_t<acc_t>* arg);
-  void (*pool_sum)(const acc_t* tile, const Pool2dGeom& g, const Flat& t, acc_t* acc);
-  void (*pool_scatter)(const acc_t* term, const tap_t<acc_t>* arg, const Pool2dGeom& g, const Flat& t, acc_t* grad);
+};
+
+// The plane loops of spatial pooling and of the fused layer norm + ReLU + max pool (pool_planes.inc) for one
+// dtype and one type of stored argmax taps, each over planes [begin, end) of [H, W] planes:
+template <typename scalar_t, typename index_t>
+struct PoolPlaneFns {
+  using acc_t = at::opmath_type<scalar_t>;
+  // max (its argmax taps too where indices is not null) or avg pooling
+  void (*forward)(const scalar_t* in, scalar_t* out, index_t* indices, int64_t begin, int64_t end,
+                  const Pool2dGeom& g, bool max);
+  // the backward of max (routed by indices) or of avg (indices null)
+  void (*backward)(const scalar_t* grad_out, const index_t* indices, scalar_t* grad_in, int64_t begin, int64_t end,
+                   const Pool2dGeom& g);
+  // fused: the max pool of x, its values normalised by the statistics of their sample (per_sample planes each)
+  void (*norm_forward)(const scalar_t* x, scalar_t* out, index_t* indices, const acc_t* mean, const acc_t* rstd,
+                       int64_t per_sample, int64_t begin, int64_t end, const Pool2dGeom& g);
+  // fused backward: the pool's backward of grad_out masked by the ReLU (out > 0), then the layer norm's (c: two
+  // sums per sample)
+  void (*norm_backward)(const scalar_t* grad_out, const scalar_t* out, const index_t* indices, const scalar_t* x,
+                        const acc_t* mean, const acc_t* rstd, const acc_t* c, scalar_t* grad_in, int64_t per_sample,
+                        int64_t begin, int64_t end, const Pool2dGeom& g);
+};
+
+template <typename scalar_t>
+struct PoolKernels {
+  using acc_t = at::opmath_type<scalar_t>;
+  PoolPlaneFns<scalar_t, uint8_t> u8;   // taps stored as uint8 (k_h k_w <= 256)
+  PoolPlaneFns<scalar_t, int32_t> i32;  // as int32
+  // the fused op's per-sample passes: the statistics of m elements; the backward's two sums
+  void (*norm_stats)(const scalar_t* x, int64_t m, double eps, acc_t* mean, acc_t* rstd);
+  void (*norm_grad_sums)(const scalar_t* grad_out, const scalar_t* out, int64_t mo, int64_t m, acc_t* c);
+
+  template <typename index_t>
+  const PoolPlaneFns<scalar_t, index_t>& taps() const {
+    if constexpr (std::is_same_v<index_t, uint8_t>) {
+      return u8;
+    } else {
+      static_assert(std::is_same_v<index_t, int32_t>, "taps are stored as uint8 or int32");
+      return i32;
+    }
+  }
 };
 
 struct CpuKernels {
   const char* name;  // "default", "avx2", "avx512"
   CpuKernelSet<float> f32;
   CpuKernelSet<double> f64;
+  PoolKernels<float> pool_f32;
+  PoolKernels<double> pool_f64;
+  PoolKernels<c10::BFloat16> pool_bf16;
+  PoolKernels<c10::Half> pool_f16;
 
   template <typename acc_t>
   const CpuKernelSet<acc_t>& get() const {
@@ -128,6 +190,19 @@ struct CpuKernels {
       return f64;
     } else {
       return f32;
+    }
+  }
+  template <typename scalar_t>
+  const PoolKernels<scalar_t>& pool() const {
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      return pool_f64;
+    } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      return pool_bf16;
+    } else if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+      return pool_f16;
+    } else {
+      static_assert(std::is_same_v<scalar_t, float>, "pooling runs on float, double, bfloat16 and half");
+      return pool_f32;
     }
   }
 };

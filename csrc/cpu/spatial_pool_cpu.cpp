@@ -1,9 +1,10 @@
-// CPU launchers of spatial pooling (spatial_pool.h): the plane loops of spatial_pool_cpu.h, planes in parallel.
+// CPU launchers of spatial pooling (spatial_pool.h): the plane loops of pool_planes.inc (compiled per
+// instruction set, cpu_kernels.h), planes in parallel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#include "spatial_pool_cpu.h"
+#include "cpu_kernels.h"
 #include "gconv_ext/register.h"
 #include "gconv_ext/spatial_pool.h"
 
@@ -12,8 +13,9 @@ namespace {
 
 template <typename scalar_t, typename index_t>
 void forward_impl(const scalar_t* in, scalar_t* out, index_t* indices, int64_t n, const Pool2dGeom& g, bool max) {
-  at::parallel_for(0, n, pool_cpu::plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
-    pool_cpu::forward_planes(in, out, indices, begin, end, g, max);
+  const auto forward = cpu_kernels().pool<scalar_t>().template taps<index_t>().forward;
+  at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
+    forward(in, out, indices, begin, end, g, max);
   });
 }
 
@@ -21,7 +23,7 @@ template <typename scalar_t, typename index_t>
 void gather_impl(const scalar_t* values, const index_t* indices, scalar_t* out, int64_t n, const Pool2dGeom& g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t per_plane = g.oh * g.ow;
-  at::parallel_for(0, n, pool_cpu::plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const scalar_t* vals = values + p * g.h * g.w;
       const index_t* idx = indices + p * per_plane;
@@ -39,8 +41,9 @@ void gather_impl(const scalar_t* values, const index_t* indices, scalar_t* out, 
 template <typename scalar_t, typename index_t>
 void backward_impl(const scalar_t* grad_out, const index_t* indices, scalar_t* grad_in, int64_t n,
                    const Pool2dGeom& g) {
-  at::parallel_for(0, n, pool_cpu::plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
-    pool_cpu::backward_planes(grad_out, indices, grad_in, begin, end, g);
+  const auto backward = cpu_kernels().pool<scalar_t>().template taps<index_t>().backward;
+  at::parallel_for(0, n, plane_grain(g.h * g.w), [&](int64_t begin, int64_t end) {
+    backward(grad_out, indices, grad_in, begin, end, g);
   });
 }
 

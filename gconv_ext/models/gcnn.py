@@ -41,12 +41,12 @@ class GCNN(nn.Module):
             (GroupBatchNorm2d, statistics shared over the group axis).
         disk_mask: disk-mask the filters (helps equivariance to non-90-degree rotations for N > 4).
 
-    With ``norm='layer'``, on the CPU in float32 / float64, the forward runs each LayerNorm + ReLU + max pool
-    block as one fused operator, :func:`~gconv_ext.ops.group_layer_norm_relu_max_pool2d`: the same function in
-    fewer passes over memory, 1.1-1.4x faster per block (``benchmarks/bench_norm_pool.py``). Elsewhere the
-    three ops run as they are: in bfloat16 torch's LayerNorm is faster on the CPU, and the fused CUDA kernels
-    have not been timed on a GPU yet; so do LayerNorm + ReLU without a pool (after the lifting and the last
-    convolution). ``model.fuse_glue = False`` runs every module on its own. The modules stay in
+    With ``norm='layer'``, on the CPU in float32 / float64 / bfloat16 (autocast included), the forward runs each
+    LayerNorm + ReLU + max pool block as one fused operator, :func:`~gconv_ext.ops.group_layer_norm_relu_max_pool2d`:
+    the same function in fewer passes over memory, 1.1-1.3x faster per block (``benchmarks/bench_norm_pool.py``).
+    Elsewhere the three ops run as they are (float16 is unmeasured, and the fused CUDA kernels have not been
+    timed on a GPU yet); so do LayerNorm + ReLU without a pool (after the lifting and the last convolution),
+    where torch's two ops are faster. ``model.fuse_glue = False`` runs every module on its own. The modules stay in
     ``features`` either way (the state_dict, printing and :func:`gconv_ext.nn.export` are unchanged), and a
     block whose norm, ReLU or pool module has a forward hook (the per-layer analyses), or any global forward
     hook, runs module by module, so every hook sees its module's output.
@@ -115,7 +115,7 @@ class GCNN(nn.Module):
 # Where the fused operator runs in a GCNN: where it was measured faster than the three ops (fp32 on the CPU, 1.1-1.4x
 # per block, benchmarks/bench_norm_pool.py; float64 alike). In bfloat16 torch's own LayerNorm is faster on the CPU
 # (the fused op 0.7-0.8x), and the CUDA kernels have not been timed on a GPU yet.
-_FUSED_DTYPES = (torch.float32, torch.float64)
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _hooked(m: nn.Module) -> bool:

@@ -14,7 +14,7 @@
 // which is the layer norm's backward for dL/dxhat = G (G lives on the taps, where xhat = out when gm != 0, so
 // sum_i G[i] xhat[i] = s2). G is rounded to the input's dtype before this last step, as it is when the three
 // ops run one after another. Neither backend stores gm: the pool's backward masks each window's gradient by
-// out > 0 as it reads it (pool_backward_at's relu_out; the CPU tile loop's term hook).
+// out > 0 as it reads it (pool_backward_at's relu_out; the CPU plane loop's, pool_planes.inc).
 #pragma once
 
 #include <c10/macros/Macros.h>
