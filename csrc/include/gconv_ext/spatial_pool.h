@@ -18,7 +18,7 @@
 // and its adjoint, the max gather: out[oy, ox] = values[the input element at tap indices[oy, ox]]. A stored
 // tap that is not a tap of the window inside the plane (indices not made by the forward) routes nothing and
 // gathers 0: no out-of-bounds access whatever the indices hold.
-// The CPU loops evaluate exactly these sums in exactly this order (see spatial_pool_cpu.cpp), so CPU
+// The CPU loops evaluate exactly these sums in exactly this order (see cpu/pool_planes.inc), so CPU
 // and CUDA results agree bit for bit.
 #pragma once
 
