@@ -11,9 +11,9 @@
 // (aarch64, clang, MSVC) the default variant is the only one, and it is the portable path.
 //
 // Every variant evaluates the same per-element arithmetic (filter_transform.h, spatial_pool.h, norm_pool.h,
-// convert_cpu.h) on the same tiles in the same order, without FP contraction (-ffp-contract=off), so results are bit-identical
-// whichever variant runs (tested: python_tests/test_cpu_capability.py). The wider instruction sets change
-// speed only.
+// convert_cpu.h) on the same tiles in the same order, without FP contraction (-ffp-contract=off), so results
+// are bit-identical whichever variant runs (tested: python_tests/test_cpu_capability.py). The wider
+// instruction sets change speed only.
 //
 // The inline code that the variants share (our per-element templates, the standard library) is included
 // before any target pragma, so an out-of-line copy of it is always baseline code, whichever variant's object
