@@ -89,6 +89,13 @@ def _pool_cases():
             x[1, 2, 3, 4:6, 4:6] = float("-inf")
             x[1, 1, 1, 2:5, 2:5] = 0.5  # ties
             yield k, s, p, x
+        # a 1x1 window: the identity (layer norm + ReLU alone), and strided (the tile leaves out the last row);
+        # planes too small for the 16-lane loops
+        for k, s, p, shape in (((1, 1), (1, 1), (0, 0), (2, 3, 4, 11, 13)), ((1, 1), (2, 2), (0, 0), (2, 3, 4, 12, 12)),
+                               ((2, 2), (1, 1), (0, 0), (2, 3, 4, 3, 5)), ((1, 1), (1, 1), (0, 0), (2, 3, 1, 2, 3))):
+            x = torch.randn(*shape, generator=g).to(dtype)
+            x[0, 0, 0, 1, 1] = float("nan")
+            yield k, s, p, x
 
 
 def _run_all():
@@ -153,4 +160,8 @@ def test_wide_instructions_only_in_the_variants() -> None:
         assert any("cpu_avx512::" in f and "max_flat" in f for f in zmm)
         # the pools' plane loops, bfloat16 conversions included, are the variants' own too
         assert any("cpu_avx512::" in f and "pool_forward<c10::BFloat16" in f for f in zmm)
-        assert any("cpu_avx512::" in f and "norm_pool_backward<c10::BFloat16" in f for f in zmm)
+        assert any("cpu_avx512::" in f and "backward_planes<c10::BFloat16, unsigned char, " in f
+                   and "NormPoolHooks" in f for f in zmm)
+        # and the 16-lane vector loops (vec16.inc) are lowered to the variant's registers
+        assert any("cpu_avx512::" in f and "norm_grad_sums<c10::BFloat16" in f for f in zmm)
+        assert any("cpu_avx2::" in f and "norm_grad_sums<c10::BFloat16" in f for f in ymm)

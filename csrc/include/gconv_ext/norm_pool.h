@@ -23,6 +23,9 @@
 
 namespace gconv_ext {
 
+// (The CPU's 16-lane vector loops have norm_relu, norm_relu_grad and norm_input_grad lane by lane too, in
+// cpu/vec16.inc: a change here is a change there.)
+
 // 1 / sqrt(var + eps) of the biased variance.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t norm_rstd(acc_t var, acc_t eps) {
