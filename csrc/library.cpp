@@ -1,7 +1,8 @@
 // The operator schemas: the one TORCH_LIBRARY block. Each backend registers its own kernels at the end of
 // its file (cpu/*.cpp under CPU, cuda/*.cu under CUDA); the device-generic convolutions are registered
-// once under CompositeExplicitAutograd (conv.cpp); autocast in autocast.cpp; fake kernels and autograd in
-// Python (gconv_ext/ops/*.py).
+// once under CompositeExplicitAutograd (conv.cpp); autocast in autocast.cpp; fake kernels in Python
+// (gconv_ext/ops/*.py); autograd in Python there too, except the convolutions' and the fused norm + pool's, which
+// is C++ (conv_autograd.cpp, norm_pool_autograd.cpp).
 #include <torch/library.h>
 
 namespace gconv_ext {

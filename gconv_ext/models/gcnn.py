@@ -43,10 +43,11 @@ class GCNN(nn.Module):
 
     With ``norm='layer'``, on the CPU in float32 / float64 / bfloat16 (autocast included), the forward runs each
     LayerNorm + ReLU + max pool block as one fused operator, :func:`~gconv_ext.ops.group_layer_norm_relu_max_pool2d`:
-    the same function in fewer passes over memory, 1.1-1.3x faster per block (``benchmarks/bench_norm_pool.py``).
-    Elsewhere the three ops run as they are (float16 is unmeasured, and the fused CUDA kernels have not been
-    timed on a GPU yet); so do LayerNorm + ReLU without a pool (after the lifting and the last convolution),
-    where torch's two ops are faster. ``model.fuse_glue = False`` runs every module on its own. The modules stay in
+    the same function in fewer passes over memory, 1.4-1.7x faster per block than LayerNorm, ReLU and our pool
+    (``benchmarks/bench_norm_pool.py``), and so does LayerNorm + ReLU without a pool (after the lifting and the
+    last convolution: the op's 1x1 window; 1.1-1.7x at 26x26, about even on the last 7x7 map). Elsewhere the modules
+    run as they are (float16 is unmeasured, and the fused CUDA kernels have not been timed on a GPU yet).
+    ``model.fuse_glue = False`` runs every module on its own. The modules stay in
     ``features`` either way (the state_dict, printing and :func:`gconv_ext.nn.export` are unchanged), and a
     block whose norm, ReLU or pool module has a forward hook (the per-layer analyses), or any global forward
     hook, runs module by module, so every hook sees its module's output.
@@ -96,6 +97,8 @@ class GCNN(nn.Module):
             n = _fusable(mods, i) if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES else 0
             if n == 0:
                 x = mods[i](x)
+            elif n == 2:  # LayerNorm + ReLU without a pool: the fused op's 1x1 window
+                x = group_layer_norm_relu_max_pool2d(x, 1, 1, 0, mods[i].eps)
             else:
                 pool = mods[i + 2]
                 if pool.stride != (1, 1):
@@ -112,9 +115,10 @@ class GCNN(nn.Module):
         return self.classifier(self.embed(x))
 
 
-# Where the fused operator runs in a GCNN: where it was measured faster than the three ops (on the CPU, per block,
-# benchmarks/bench_norm_pool.py: fp32 1.08-1.29x, bf16 1.11-1.29x; float64 alike). float16 has not been measured,
-# and the CUDA kernels have not been timed on a GPU yet.
+# Where the fused operator runs in a GCNN: where it was measured faster than the unfused ops (on the CPU, per
+# block, benchmarks/bench_norm_pool.py: with a pool fp32 1.5-1.7x, bf16 1.4-1.5x; LayerNorm + ReLU alone 1.7x /
+# 1.1x at 26x26, 1.3x / 0.97x at 7x7; float64 alike). float16 has not been measured, and the CUDA kernels have not
+# been timed on a GPU yet.
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
@@ -128,15 +132,18 @@ def _global_hooks() -> bool:
 
 
 def _fusable(mods: list[nn.Module], i: int) -> int:
-    """3 when ``mods[i:i + 3]`` is (GroupLayerNorm, ReLU, GroupMaxPool2d) and runs as one fused operator, else
-    0. Only right after one of our convolutions (not in an exported model, whose glue must stay standard torch
-    ops), and never past a module with a hook. (LayerNorm + ReLU without a pool stays torch's: faster.)"""
+    """How many modules from ``mods[i]`` run as one fused operator: 3 for (GroupLayerNorm, ReLU, GroupMaxPool2d),
+    2 for (GroupLayerNorm, ReLU) followed by anything else (the fused op with a 1x1 window), else 0. Only right
+    after one of our convolutions (not in an exported model, whose glue must stay standard torch ops), and never
+    past a module with a hook."""
+    if not (0 < i and isinstance(mods[i - 1], (LiftingConv2d, GroupConv2d))):
+        return 0
     block = mods[i:i + 3]
-    if (0 < i and len(block) == 3 and type(block[0]) is GroupLayerNorm and type(block[1]) is nn.ReLU
-            and type(block[2]) is GroupMaxPool2d and isinstance(mods[i - 1], (LiftingConv2d, GroupConv2d))
-            and not any(_hooked(m) for m in block)):
-        return 3
-    return 0
+    if len(block) < 2 or type(block[0]) is not GroupLayerNorm or type(block[1]) is not nn.ReLU:
+        return 0
+    if len(block) == 3 and type(block[2]) is GroupMaxPool2d:
+        return 0 if any(_hooked(m) for m in block) else 3
+    return 0 if any(_hooked(m) for m in block[:2]) else 2
 
 
 def gcnn_preset(name: str, **overrides) -> GCNN:

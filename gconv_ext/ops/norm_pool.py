@@ -15,10 +15,10 @@ gradient routed to the taps, masked by the ReLU as it is read. Neither direction
 The C++ ops: ``torch.ops.gconv_ext.group_layer_norm_relu_max_pool2d(input, kernel_size, stride, padding, eps) ->
 (out, indices, mean, rstd)`` (``mean`` and ``rstd`` per sample, float32, or float64 for a float64 input; the
 ``indices`` of the pool) and ``group_layer_norm_relu_max_pool2d_backward(grad_out, input, out, indices, mean,
-rstd, kernel_size, stride, padding) -> grad_input``. Their fake kernels and autograd are at the bottom of this
-file. A first-order backward calls the backward op; under ``create_graph`` the gradient is built from
-differentiable ops instead (the spatial pool's backward and gather, and torch's own), so it can be
-differentiated again.
+rstd, kernel_size, stride, padding) -> grad_input``. Their fake kernels are at the bottom of this file; the
+autograd is C++ (csrc/norm_pool_autograd.cpp). A first-order backward calls the backward op; under
+``create_graph`` the gradient is built from differentiable ops instead (the spatial pool's backward and gather,
+and torch's own), so it can be differentiated again.
 """
 from __future__ import annotations
 
@@ -73,23 +73,6 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:  # csrc/norm_pool.cpp stats
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _composite_grad(grad_out, input, indices, kernel_size, stride, padding, eps):
-    """The input gradient from differentiable ops, for ``create_graph``: the same formula as the C++ backward
-    (norm_pool.h) with the statistics recomputed from ``input`` so that they are differentiated too."""
-    ops = torch.ops.gconv_ext
-    dims = tuple(range(1, input.dim()))
-    m = math.prod(input.shape[1:])
-    var, mean = torch.var_mean(input, dim=dims, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    xhat = (input - mean) * rstd
-    phat = ops.group_max_pool2d_gather(xhat, indices, kernel_size, stride, padding)
-    gm = grad_out * (phat > 0)
-    s1 = gm.sum(dim=dims, keepdim=True)
-    s2 = (gm * phat).sum(dim=dims, keepdim=True)
-    routed = ops.group_max_pool2d_backward(gm, indices, list(input.shape), kernel_size, stride, padding)
-    return rstd * (routed - s1 / m - xhat * (s2 / m))
-
-
 def _register() -> None:
     ops = torch.ops.gconv_ext
 
@@ -123,22 +106,9 @@ def _register() -> None:
                                 f"got {t.dtype}")
         return input.new_empty(input.shape)
 
-    # Autograd. mean, rstd and the taps are saved statistics, not differentiable outputs.
-    def setup(ctx, inputs, output):
-        input, *params, eps = inputs
-        out, indices, mean, rstd = output
-        ctx.params, ctx.eps = params, eps
-        ctx.mark_non_differentiable(indices, mean, rstd)
-        ctx.save_for_backward(input, out, indices, mean, rstd)
-
-    def backward(ctx, grad, _g_indices, _g_mean, _g_rstd):
-        input, out, indices, mean, rstd = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a gradient that can be differentiated again
-            g = _composite_grad(grad, input, indices, *ctx.params, ctx.eps)
-        else:
-            g = ops.group_layer_norm_relu_max_pool2d_backward(grad, input, out, indices, mean, rstd, *ctx.params)
-        return g, None, None, None, None
-
+    # Autograd: the forward op's is C++ (csrc/norm_pool_autograd.cpp, the Autograd key: the Python layer cost
+    # more than the op on small maps); its double backward is built there from differentiable ops. The backward
+    # op is not differentiable:
     def setup_backward(ctx, inputs, output):
         pass
 
@@ -148,7 +118,6 @@ def _register() -> None:
             "group_layer_norm_relu_max_pool2d with create_graph=True instead (its double backward is built from "
             "differentiable ops)")
 
-    torch.library.register_autograd(f"gconv_ext::{_OP}", backward, setup_context=setup)
     torch.library.register_autograd(f"gconv_ext::{_OP}_backward", backward_backward, setup_context=setup_backward)
 
 
