@@ -5,10 +5,13 @@
 #include "cpu_kernels.h"
 
 #if GCONV_EXT_CPU_DISPATCH
+#include <immintrin.h>
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")
 #define GCONV_EXT_CPU_CAPABILITY avx512
 #define GCONV_EXT_CPU_TABLE kCpuKernelsAvx512
+#define GCONV_EXT_VEC_AVX512 1  // vec16.inc's bfloat16 conversions as single AVX-512 instructions
 #include "cpu_kernels.inc"
 #pragma GCC pop_options
 #endif
