@@ -75,7 +75,7 @@ def extensions():
     # No floating-point contraction on either compiler (-ffp-contract=off, --fmad=false): an a*b+c is never
     # fused into an FMA, so the CPU and CUDA kernels, which run the same per-element source, round alike
     # whatever instruction set the compiler targets (the transforms' bilinear taps included).
-    # -Wno-psabi: the CPU loops pass 16-lane vectors (csrc/cpu/vec16.inc) only between inlined functions of one
+    # -Wno-psabi: the CPU loops pass vectors (csrc/cpu/vec.inc) only between inlined functions of one
     # instruction set's build, so gcc's notes on how such vectors would cross an ABI boundary do not apply.
     cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-ffp-contract=off", "-Wno-psabi"]
     if sys.platform == "linux":

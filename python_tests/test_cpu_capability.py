@@ -90,7 +90,7 @@ def _pool_cases():
             x[1, 1, 1, 2:5, 2:5] = 0.5  # ties
             yield k, s, p, x
         # a 1x1 window: the identity (layer norm + ReLU alone), and strided (the tile leaves out the last row);
-        # planes too small for the 16-lane loops
+        # planes too small for the vector loops
         for k, s, p, shape in (((1, 1), (1, 1), (0, 0), (2, 3, 4, 11, 13)), ((1, 1), (2, 2), (0, 0), (2, 3, 4, 12, 12)),
                                ((2, 2), (1, 1), (0, 0), (2, 3, 4, 3, 5)), ((1, 1), (1, 1), (0, 0), (2, 3, 1, 2, 3))):
             x = torch.randn(*shape, generator=g).to(dtype)
@@ -162,6 +162,6 @@ def test_wide_instructions_only_in_the_variants() -> None:
         assert any("cpu_avx512::" in f and "pool_forward<c10::BFloat16" in f for f in zmm)
         assert any("cpu_avx512::" in f and "backward_planes<c10::BFloat16, unsigned char, " in f
                    and "NormPoolHooks" in f for f in zmm)
-        # and the 16-lane vector loops (vec16.inc) are lowered to the variant's registers
+        # and the vector loops (vec.inc) are lowered to the variant's registers
         assert any("cpu_avx512::" in f and "norm_grad_sums<c10::BFloat16" in f for f in zmm)
         assert any("cpu_avx2::" in f and "norm_grad_sums<c10::BFloat16" in f for f in ymm)

@@ -7,6 +7,7 @@
 #pragma GCC target("avx2")
 #define GCONV_EXT_CPU_CAPABILITY avx2
 #define GCONV_EXT_CPU_TABLE kCpuKernelsAvx2
+#define GCONV_EXT_VEC_BYTES 32  // vec.inc: 8-lane vectors
 #include "cpu_kernels.inc"
 #pragma GCC pop_options
 #endif

@@ -11,7 +11,8 @@
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")
 #define GCONV_EXT_CPU_CAPABILITY avx512
 #define GCONV_EXT_CPU_TABLE kCpuKernelsAvx512
-#define GCONV_EXT_VEC_AVX512 1  // vec16.inc's bfloat16 conversions as single AVX-512 instructions
+#define GCONV_EXT_VEC_BYTES 64  // vec.inc: 16-lane vectors
+#define GCONV_EXT_VEC_AVX512 1  // vec.inc's bfloat16 conversions as single AVX-512 instructions
 #include "cpu_kernels.inc"
 #pragma GCC pop_options
 #endif

@@ -23,8 +23,8 @@
 
 namespace gconv_ext {
 
-// (The CPU's 16-lane vector loops have norm_relu, norm_relu_grad and norm_input_grad lane by lane too, in
-// cpu/vec16.inc: a change here is a change there.)
+// (The CPU's vector loops have norm_relu, norm_relu_grad and norm_input_grad lane by lane too, in
+// cpu/vec.inc: a change here is a change there.)
 
 // 1 / sqrt(var + eps) of the biased variance.
 template <typename acc_t>

@@ -40,7 +40,7 @@ C10_HOST_DEVICE inline acc_t pool_neg_inf() {
 }
 
 // The max rule: does tap value v replace the running maximum `best`? (strictly greater, or the first NaN)
-// (cpu/vec16.inc has it lane by lane, for the CPU's 16-lane vectors: a change here is a change there.)
+// (cpu/vec.inc has it lane by lane, for the CPU's vector loops: a change here is a change there.)
 template <typename acc_t>
 C10_HOST_DEVICE inline bool max_pool_takes(acc_t v, acc_t best) {
   return ((v > best) | (v != v)) & (best == best);
