@@ -43,9 +43,9 @@ class GCNN(nn.Module):
 
     With ``norm='layer'``, on the CPU in float32 / float64 / bfloat16 (autocast included), the forward runs each
     LayerNorm + ReLU + max pool block as one fused operator, :func:`~gconv_ext.ops.group_layer_norm_relu_max_pool2d`:
-    the same function in fewer passes over memory, 1.4-1.7x faster per block than LayerNorm, ReLU and our pool
+    the same function in fewer passes over memory, 1.5-2.0x faster per block than LayerNorm, ReLU and our pool
     (``benchmarks/bench_norm_pool.py``), and so does LayerNorm + ReLU without a pool (after the lifting and the
-    last convolution: the op's 1x1 window; 1.1-1.7x at 26x26, about even on the last 7x7 map). Elsewhere the modules
+    last convolution: the op's 1x1 window; 1.2-2.1x). Elsewhere the modules
     run as they are (float16 is unmeasured, and the fused CUDA kernels have not been timed on a GPU yet).
     ``model.fuse_glue = False`` runs every module on its own. The modules stay in
     ``features`` either way (the state_dict, printing and :func:`gconv_ext.nn.export` are unchanged), and a
@@ -116,9 +116,9 @@ class GCNN(nn.Module):
 
 
 # Where the fused operator runs in a GCNN: where it was measured faster than the unfused ops (on the CPU, per
-# block, benchmarks/bench_norm_pool.py: with a pool fp32 1.5-1.7x, bf16 1.4-1.5x; LayerNorm + ReLU alone 1.7x /
-# 1.1x at 26x26, 1.3x / 0.97x at 7x7; float64 alike). float16 has not been measured, and the CUDA kernels have not
-# been timed on a GPU yet.
+# block, benchmarks/bench_norm_pool.py: with a pool fp32 1.7-2.0x, bf16 1.5x; LayerNorm + ReLU alone 2.1x / 1.8x
+# at 26x26, 1.3x / 1.2x at 7x7; float64 alike). float16 has not been measured, and the CUDA kernels have not been
+# timed on a GPU yet.
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
