@@ -44,6 +44,36 @@ const auto* scatter_source(const std::vector<acc_t>& tout, ReducedTile<scalar_t,
   }
 }
 
+// The lane-minor tile of W filters and back: tile[i * W + l] is element i of filter l (row l of the block). A full
+// block moves a tile row at a time (W contiguous tile elements, W streams in the filters): 1.2x faster than a
+// filter at a time, which strides through the tile by W. A partial block (nl < W filters) goes filter by filter,
+// its missing lanes 0 in the tile.
+template <int W, typename scalar_t, typename acc_t>
+void gather_lanes(const scalar_t* const* rows, int64_t nl, int64_t slab, acc_t* __restrict__ tile) {
+  if (nl == W) {
+    for (int64_t i = 0; i < slab; ++i) {
+      for (int l = 0; l < W; ++l) tile[i * W + l] = widen(rows[l][i]);
+    }
+    return;
+  }
+  for (int64_t l = 0; l < W; ++l) {
+    for (int64_t i = 0; i < slab; ++i) tile[i * W + l] = l < nl ? widen(rows[l][i]) : acc_t(0);
+  }
+}
+
+template <int W, typename scalar_t, typename tile_t>
+void scatter_lanes(const tile_t* __restrict__ tile, int64_t nl, int64_t slab, scalar_t* const* rows) {
+  if (nl == W) {
+    for (int64_t i = 0; i < slab; ++i) {
+      for (int l = 0; l < W; ++l) rows[l][i] = narrow<scalar_t>(tile[i * W + l]);
+    }
+    return;
+  }
+  for (int64_t l = 0; l < nl; ++l) {
+    for (int64_t i = 0; i < slab; ++i) rows[l][i] = narrow<scalar_t>(tile[i * W + l]);
+  }
+}
+
 // The lanes run over W consecutive filters f = co * c_in + ci of the flattened [C_out * C_in] axis (not over
 // input channels only): every filter shares the plan, and a lifting layer's C_in = 1 fills all W lanes.
 template <typename scalar_t>
@@ -58,34 +88,17 @@ void forward_impl(const PlanView& p, const scalar_t* in, scalar_t* out, int64_t 
     ReducedTile<scalar_t, acc_t> nt(slab * W);  // the result tile in scalar_t (bf16 / fp16 only)
     for (int64_t b = begin; b < end; ++b) {
       const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
-      const scalar_t* src = in + f0 * slab;  // gather: tin[(a, t), l] = in[f0 + l, a, t]
-      if (nl == W) {  // a tile row at a time (see the scatter)
-        for (int64_t i = 0; i < slab; ++i) {
-          for (int l = 0; l < W; ++l) tin[i * W + l] = widen(src[l * slab + i]);
-        }
-      } else {
-        for (int64_t l = 0; l < W; ++l) {
-          for (int64_t i = 0; i < slab; ++i) tin[i * W + l] = l < nl ? widen(src[l * slab + i]) : acc_t(0);
-        }
-      }
+      const scalar_t* src[W];  // gather: tin[(a, t), l] = in[f0 + l, a, t]
+      for (int64_t l = 0; l < nl; ++l) src[l] = in + (f0 + l) * slab;
+      gather_lanes<W>(src, nl, slab, tin.data());
       for (int64_t g = 0; g < p.order; ++g) {
         run.transform_forward(p, tin.data(), tout.data(), g, gin);
-        const auto* tile = scatter_source<scalar_t>(tout, nt, slab * W);
         scalar_t* dst[W];  // scatter: out[co, g, ci, h, o] = tout[(h, o), l]
         for (int64_t l = 0; l < nl; ++l) {
           const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           dst[l] = out + ((co * p.order + g) * c_in + ci) * slab;
         }
-        if (nl == W) {  // a tile row at a time: W contiguous reads, W streams of writes (1.2x faster than a
-                        // lane at a time, which reads the tile with a stride of W)
-          for (int64_t i = 0; i < slab; ++i) {
-            for (int l = 0; l < W; ++l) dst[l][i] = narrow<scalar_t>(tile[i * W + l]);
-          }
-        } else {
-          for (int64_t l = 0; l < nl; ++l) {
-            for (int64_t i = 0; i < slab; ++i) dst[l][i] = narrow<scalar_t>(tile[i * W + l]);
-          }
-        }
+        scatter_lanes<W>(scatter_source<scalar_t>(tout, nt, slab * W), nl, slab, dst);
       }
     }
   });
@@ -105,34 +118,17 @@ void backward_impl(const PlanView& p, const scalar_t* gout, scalar_t* gin_ptr, i
     for (int64_t b = begin; b < end; ++b) {
       const int64_t f0 = b * W, nl = std::min<int64_t>(W, filters - f0);
       for (int64_t g = 0; g < p.order; ++g) {  // gather: tg[(g, h, o), l] = grad_out[co, g, ci, h, o]
-        acc_t* dst = tg.data() + g * slab * W;
         const scalar_t* src[W];
         for (int64_t l = 0; l < nl; ++l) {
           const int64_t co = (f0 + l) / c_in, ci = (f0 + l) % c_in;
           src[l] = gout + ((co * p.order + g) * c_in + ci) * slab;
         }
-        if (nl == W) {  // a tile row at a time (see forward_impl)
-          for (int64_t i = 0; i < slab; ++i) {
-            for (int l = 0; l < W; ++l) dst[i * W + l] = widen(src[l][i]);
-          }
-        } else {
-          for (int64_t l = 0; l < W; ++l) {
-            for (int64_t i = 0; i < slab; ++i) dst[i * W + l] = l < nl ? widen(src[l][i]) : acc_t(0);
-          }
-        }
+        gather_lanes<W>(src, nl, slab, tg.data() + g * slab * W);
       }
       run.transform_backward(p, tg.data(), tout.data(), gin);
-      const auto* tile = scatter_source<scalar_t>(tout, nt, slab * W);
-      scalar_t* dst = gin_ptr + f0 * slab;  // scatter: grad_in[f0 + l, a, t]
-      if (nl == W) {
-        for (int64_t i = 0; i < slab; ++i) {
-          for (int l = 0; l < W; ++l) dst[l * slab + i] = narrow<scalar_t>(tile[i * W + l]);
-        }
-      } else {
-        for (int64_t l = 0; l < nl; ++l) {
-          for (int64_t i = 0; i < slab; ++i) dst[l * slab + i] = narrow<scalar_t>(tile[i * W + l]);
-        }
-      }
+      scalar_t* dst[W];  // scatter: grad_in[f0 + l, a, t]
+      for (int64_t l = 0; l < nl; ++l) dst[l] = gin_ptr + (f0 + l) * slab;
+      scatter_lanes<W>(scatter_source<scalar_t>(tout, nt, slab * W), nl, slab, dst);
     }
   });
 }
